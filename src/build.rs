@@ -1,0 +1,796 @@
+//! # Build: recipe → plan → layers → images → one atomic index update
+//!
+//! 1. **Plan.** Load the recipe and the catalogue, find the cluster key, prepare the base (cached
+//!    by its inputs), render every directory layer, and give each layer a key: the hash of its
+//!    inputs (rendered entries and their content hashes, the base's content identity, pinned
+//!    checksums, the tar format, the compression and the epoch).
+//! 2. **Layers.** A layer whose key has a record in the cache is not rebuilt. Others are written
+//!    as deterministic tar → diff_id hash → compressor → blob hash → `cache/blobs`, in one
+//!    streaming pass.
+//! 3. **Commit.** Only now is the store touched, under its lock: layer blobs are hard-linked in,
+//!    configs and manifests written, and `index.json` replaced last. Any error before this point
+//!    (a bad recipe, template, download or tarball) leaves the store exactly as it was.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use oci_spec::image::{ANNOTATION_REVISION, Digest, ImageIndexBuilder, MediaType};
+use serde::{Deserialize, Serialize};
+
+use crate::base::{self, BaseInfo, PreparedBase};
+use crate::cache::{Cache, key_of};
+use crate::hadoop::{Catalogue, Facts};
+use crate::keys::{self, ClusterKey};
+use crate::layer::{self, Entry, Kind, TAR_FORMAT};
+use crate::oci::{self, ImageSpec};
+use crate::progress::Progress;
+use crate::recipe::{Base, Origin, Recipe};
+use crate::render::{self, Context as RenderContext};
+use crate::store::{
+    ANNOTATION_IMAGE_NAME, ANNOTATION_RECORD, BlobInfo, BlobWriter, ImageRecord, LayerRecord, Store,
+    StoreRecord, Tee, canonical_json,
+};
+
+/// Options of `strata build` and `strata plan`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub recipe: PathBuf,
+    pub output: PathBuf,
+    pub cache: Option<PathBuf>,
+    pub no_cache: bool,
+    pub refresh_base: bool,
+    pub only: Vec<String>,
+    pub quiet: bool,
+}
+
+/// A built layer as the cache remembers it (content facts only, no name).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct CachedLayer {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub size: u64,
+    pub uncompressed_size: u64,
+    pub media_type: String,
+    pub entries: u64,
+    pub file_bytes: u64,
+    #[serde(default)]
+    pub packages: Vec<(String, String)>,
+    #[serde(default)]
+    pub private_key: bool,
+}
+
+/// How a planned layer gets its entries.
+enum Producer {
+    /// The base rootfs tar.
+    Rootfs,
+    /// A JDK (by name).
+    Jdk(String),
+    /// Already rendered entries (directory and accounts layers).
+    Entries(Vec<Entry>),
+    /// A Hadoop release tarball.
+    Dist { version: String, origin: Origin, sha512: String },
+    /// A layer of an OCI base, reused as it is.
+    Imported(CachedLayer, PathBuf),
+}
+
+/// One layer of the plan.
+pub struct PlannedLayer {
+    pub name: String,
+    pub key: String,
+    producer: Producer,
+}
+
+/// The plan: every distinct layer once, and each image's layer list (by index).
+pub struct Plan {
+    pub recipe: Recipe,
+    pub catalogue: Catalogue,
+    pub layers: Vec<PlannedLayer>,
+    pub images: Vec<PlannedImage>,
+    base: Option<PreparedBase>,
+    cluster_key: Option<ClusterKey>,
+}
+
+pub struct PlannedImage {
+    pub name: String,
+    pub tag: String,
+    pub version: Option<String>,
+    pub layers: Vec<usize>,
+}
+
+/// What `build` did, for people and for `--json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BuildReport {
+    pub recipe: String,
+    pub output: PathBuf,
+    pub images: Vec<ImageSummary>,
+    pub layers_total: usize,
+    pub layers_built: usize,
+    pub layers_cached: usize,
+    pub index_changed: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ImageSummary {
+    pub name: String,
+    pub manifest: String,
+    pub size: u64,
+    pub layers: Vec<String>,
+    pub carries_private_key: bool,
+}
+
+fn open_cache(opts: &Options) -> Result<Cache> {
+    if opts.no_cache {
+        let near = opts.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        return Cache::temporary(near);
+    }
+    Cache::open(&opts.cache.clone().unwrap_or_else(Cache::default_dir))
+}
+
+/// Makes the plan: everything is decided and validated; nothing touches the store.
+pub fn make_plan(opts: &Options, cache: &Cache, progress: &Progress, prepare_base: bool) -> Result<Plan> {
+    let (recipe, catalogue) = crate::recipe::load(&opts.recipe)?;
+    for v in &opts.only {
+        if !recipe.versions.contains(v) {
+            bail!("--only {v}: the recipe builds {}", recipe.versions.join(", "));
+        }
+    }
+    let compression = recipe.compression;
+    let epoch = recipe.epoch;
+    let fmt_key = |kind: &str, inputs: serde_json::Value| {
+        key_of(&serde_json::json!({
+            "kind": kind, "inputs": inputs, "tar": TAR_FORMAT, "compression": compression.key(), "epoch": epoch,
+        }))
+    };
+
+    let mut layers: Vec<PlannedLayer> = Vec::new();
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    let mut add = |layers: &mut Vec<PlannedLayer>, name: String, key: String, producer: Producer| -> usize {
+        *by_key.entry(key.clone()).or_insert_with(|| {
+            layers.push(PlannedLayer { name, key, producer });
+            layers.len() - 1
+        })
+    };
+
+    // Base.
+    let mut base_layers = Vec::new();
+    let mut prepared = None;
+    let mut base_identity: Option<String> = None;
+    let mut base_info = BaseInfo::default();
+    match &recipe.base {
+        Base::Oci { path, reference } => {
+            let imported = import_oci_base(path, reference)?;
+            for (i, (rec, blob)) in imported.into_iter().enumerate() {
+                let key = format!("oci-{}", rec.digest.digest());
+                base_layers.push(add(&mut layers, format!("base-{i}"), key, Producer::Imported(rec, blob)));
+            }
+            let ident = key_of(&base_layers.iter().map(|&i| layers[i].key.clone()).collect::<Vec<_>>());
+            base_info = oci_base_info(cache, &ident, &layers, &base_layers)?;
+            base_identity = Some(ident);
+        }
+        b => {
+            let tar_sha = match b {
+                Base::Tarball { path, sha256 } => {
+                    let (d, _) = crate::store::hash_reader(std::fs::File::open(path)?)?;
+                    if let Some(want) = sha256
+                        && !want.eq_ignore_ascii_case(d.digest())
+                    {
+                        bail!("checksum mismatch for base tarball {}: expected sha256 {want}, found {}", path.display(), d.digest());
+                    }
+                    Some(d.digest().to_string())
+                }
+                _ => None,
+            };
+            let key = base::base_key(b, epoch, tar_sha.as_deref());
+            if prepare_base || opts.refresh_base {
+                let p = base::ensure_base(cache, b, &key, epoch, opts.refresh_base, progress)?;
+                base_info = p.info.clone();
+                base_identity = Some(rootfs_identity(&p)?);
+                prepared = Some(p);
+            } else if let Some(info) = cache.read_json::<BaseInfo>(&cache.base_dir(&key).join("info.json")) {
+                let p = PreparedBase { key: key.clone(), rootfs: cache.base_dir(&key).join("rootfs.tar"), info: info.clone() };
+                base_identity = Some(rootfs_identity(&p)?);
+                base_info = info;
+                prepared = Some(p);
+            }
+            let ident = base_identity.clone().unwrap_or_else(|| format!("unbuilt-{key}"));
+            base_layers.push(add(&mut layers, "base".into(), fmt_key("base", serde_json::json!(ident)), Producer::Rootfs));
+        }
+    }
+    let base_ident = base_identity.clone().unwrap_or_default();
+
+    // JDKs in use.
+    let mut jdk_layer = BTreeMap::new();
+    for v in &recipe.versions {
+        let jdk = recipe.jdk_for(v);
+        if jdk_layer.contains_key(&jdk.name) {
+            continue;
+        }
+        let key = fmt_key("jdk", serde_json::json!(base::jdk_key(jdk, &base_ident)));
+        let idx = add(&mut layers, format!("jdk-{}", jdk.name), key, Producer::Jdk(jdk.name.clone()));
+        jdk_layer.insert(jdk.name.clone(), idx);
+    }
+
+    // Directory layers.
+    let cluster_key = if recipe.layers.iter().any(|l| l.accounts) {
+        Some(keys::cluster_key(&recipe.name, recipe.ssh_key.as_deref())?)
+    } else {
+        None
+    };
+    let recipe_value = serde_json::json!({"name": recipe.name, "epoch": recipe.epoch, "description": recipe.description});
+    let mut shared = Vec::new();
+    for spec in recipe.layers.iter().filter(|l| !l.per_version) {
+        let cx = RenderContext { recipe: recipe_value.clone(), user: recipe.user.clone(), hadoop: None, jdk: None, vars: recipe.vars.clone() };
+        let mut entries = render::render_dir(&spec.dir, &cx).with_context(|| format!("layer {}", spec.name))?;
+        if spec.accounts {
+            let key = cluster_key.as_ref().expect("loaded above");
+            let acc = crate::accounts::entries(&base_info.accounts, &recipe.user, key, epoch)?;
+            let generated: BTreeSet<String> = acc.iter().map(|e| e.path.clone()).collect();
+            entries.retain(|e| !generated.contains(&e.path));
+            entries.extend(acc);
+        }
+        let entries = layer::normalize(entries).with_context(|| format!("layer {}", spec.name))?;
+        let mut inputs = serde_json::json!(entries_key(&entries)?);
+        if spec.accounts {
+            // The accounts depend on the base's own account files.
+            inputs = serde_json::json!([inputs, base_ident]);
+        }
+        let key = fmt_key("dir", inputs);
+        shared.push(add(&mut layers, spec.name.clone(), key, Producer::Entries(entries)));
+    }
+
+    // Images.
+    let selected: Vec<&String> = recipe.versions.iter().filter(|v| opts.only.is_empty() || opts.only.contains(v)).collect();
+    let mut images = Vec::new();
+    for v in selected {
+        let facts = catalogue.get(v).expect("validated");
+        let jdk = recipe.jdk_for(v);
+        let mut list = base_layers.clone();
+        list.push(jdk_layer[&jdk.name]);
+        list.extend(&shared);
+        if let Some(dist) = &recipe.dist {
+            let sha512 = dist.sha512.get(v).cloned().or_else(|| facts.dist.sha512.clone()).expect("validated");
+            let origin = match (&dist.path, &dist.url) {
+                (Some(p), _) => Origin::Path(PathBuf::from(p.replace("{version}", v))),
+                (None, Some(u)) => Origin::Url(u.replace("{version}", v)),
+                (None, None) => Origin::Url(facts.dist.url.clone()),
+            };
+            let key = fmt_key("dist", serde_json::json!({"sha512": sha512, "version": v}));
+            list.push(add(&mut layers, format!("hadoop-dist-{v}"), key, Producer::Dist { version: v.clone(), origin, sha512 }));
+        }
+        let cx = version_context(&recipe, &recipe_value, facts);
+        for spec in recipe.layers.iter().filter(|l| l.per_version) {
+            let entries = render::render_dir(&spec.dir, &cx).with_context(|| format!("layer {} for Hadoop {v}", spec.name))?;
+            let entries = layer::normalize(entries).with_context(|| format!("layer {} for Hadoop {v}", spec.name))?;
+            let key = fmt_key("dir", serde_json::json!(entries_key(&entries)?));
+            list.push(add(&mut layers, format!("{}-{v}", spec.name), key, Producer::Entries(entries)));
+        }
+        images.push(PlannedImage { name: recipe.image_name(v), tag: v.clone(), version: Some(v.clone()), layers: list });
+    }
+    // `<recipe>:base`: the layers every version of the recipe shares, as an image of its own.
+    let one_jdk: BTreeSet<_> = recipe.versions.iter().map(|v| recipe.jdk_for(v).name.clone()).collect();
+    let mut base_list = base_layers.clone();
+    if one_jdk.len() == 1 {
+        base_list.push(jdk_layer[one_jdk.iter().next().expect("one")]);
+    }
+    base_list.extend(&shared);
+    images.push(PlannedImage { name: format!("{}:base", recipe.name), tag: "base".into(), version: None, layers: base_list });
+
+    Ok(Plan { recipe, catalogue, layers, images, base: prepared, cluster_key })
+}
+
+/// The content identity of a prepared base rootfs (its SHA-256, computed once).
+fn rootfs_identity(p: &PreparedBase) -> Result<String> {
+    let marker = p.rootfs.with_file_name("rootfs.sha256");
+    if let Ok(s) = std::fs::read_to_string(&marker) {
+        return Ok(s.trim().to_string());
+    }
+    let (d, _) = crate::store::hash_reader(std::fs::File::open(&p.rootfs).with_context(|| format!("opening {}", p.rootfs.display()))?)?;
+    crate::store::atomic_write(&marker, d.digest().as_bytes())?;
+    Ok(d.digest().to_string())
+}
+
+/// A content key of rendered entries: metadata and content hashes, in order.
+fn entries_key(entries: &[Entry]) -> Result<Vec<String>> {
+    entries
+        .iter()
+        .map(|e| {
+            Ok(match &e.kind {
+                Kind::File(c) => format!("{} {}", e.meta_key(), hex::encode(c.sha256()?)),
+                _ => e.meta_key(),
+            })
+        })
+        .collect()
+}
+
+/// The template context of one Hadoop version.
+fn version_context(recipe: &Recipe, recipe_value: &serde_json::Value, facts: &Facts) -> RenderContext {
+    let jdk = recipe.jdk_for(&facts.version);
+    let choice = recipe.line_choice(&facts.version);
+    let mut flags = crate::hadoop::compat_jvm_flags(&facts.java.runtime, jdk.java_version);
+    flags.extend(choice.jvm_flags.iter().cloned());
+    let mut hadoop = serde_json::to_value(facts).expect("facts serialize");
+    hadoop["ports"] = serde_json::to_value(facts.ports()).expect("ports serialize");
+    hadoop["major"] = facts.major().into();
+    RenderContext {
+        recipe: recipe_value.clone(),
+        user: recipe.user.clone(),
+        hadoop: Some(hadoop),
+        jdk: Some(serde_json::json!({
+            "name": jdk.name,
+            "java_version": jdk.java_version,
+            "java_home": jdk.java_home,
+            "jvm_flags": flags,
+            "unsupported": choice.accept_unsupported,
+        })),
+        vars: recipe.vars.clone(),
+    }
+}
+
+/// The account files and packages of an OCI base (read from its layers once, then cached).
+fn oci_base_info(cache: &Cache, ident: &str, layers: &[PlannedLayer], idxs: &[usize]) -> Result<BaseInfo> {
+    let path = cache.base_dir(&format!("oci-{ident}")).join("info.json");
+    if let Some(info) = cache.read_json::<BaseInfo>(&path) {
+        return Ok(info);
+    }
+    let wanted = ["etc/passwd", "etc/group", "etc/shadow", "etc/gshadow", "var/lib/dpkg/status"];
+    let mut found: BTreeMap<String, Entry> = BTreeMap::new();
+    for &i in idxs {
+        let Producer::Imported(rec, blob) = &layers[i].producer else { continue };
+        let f = std::fs::File::open(blob)?;
+        let r = crate::compress::Compression::reader_for(&MediaType::from(rec.media_type.as_str()), std::io::BufReader::new(f))?;
+        layer::for_each_in_tar(r, |p, h, data| {
+            if wanted.contains(&p) && h.entry_type().is_file() {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(data, &mut buf)?;
+                let e = Entry::file(p, layer::Content::bytes(buf), h.mode()? & 0o7777, h.uid()? as u32, h.gid()? as u32);
+                found.insert(p.to_string(), e);
+            }
+            Ok(())
+        })?;
+    }
+    let entries: Vec<Entry> = found.into_values().collect();
+    let info = BaseInfo { packages: base::dpkg_packages(&entries)?, accounts: crate::accounts::BaseAccounts::from_entries(&entries)? };
+    cache.write_json(&path, &info)?;
+    Ok(info)
+}
+
+/// Reads the layers of an OCI image layout used as a base.
+fn import_oci_base(path: &Path, reference: &str) -> Result<Vec<(CachedLayer, PathBuf)>> {
+    let store = Store::open(path).with_context(|| format!("OCI base {}", path.display()))?;
+    let index = store.read_index()?;
+    let entry = index
+        .manifests()
+        .iter()
+        .find(|m| {
+            m.annotations().as_ref().is_some_and(|a| {
+                a.get(oci_spec::image::ANNOTATION_REF_NAME).map(String::as_str) == Some(reference)
+                    || a.get(ANNOTATION_IMAGE_NAME).map(String::as_str) == Some(reference)
+            })
+        })
+        .with_context(|| format!("OCI base {}: no image named {reference:?}", path.display()))?;
+    let manifest = store.read_manifest(entry.digest())?;
+    let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&store.read_blob(manifest.config().digest())?)?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        bail!("OCI base {}: config lists {} diff_ids for {} layers", path.display(), diff_ids.len(), manifest.layers().len());
+    }
+    let mut out = Vec::new();
+    for (l, diff) in manifest.layers().iter().zip(diff_ids) {
+        let blob = store.blob_path(l.digest());
+        if !store.has_blob(l.digest(), l.size()) {
+            bail!("OCI base {}: layer blob {} is missing or has the wrong size", path.display(), l.digest());
+        }
+        out.push((
+            CachedLayer {
+                digest: l.digest().clone(),
+                diff_id: diff.parse()?,
+                size: l.size(),
+                uncompressed_size: 0,
+                media_type: l.media_type().to_string(),
+                entries: 0,
+                file_bytes: 0,
+                packages: vec![],
+                private_key: false,
+            },
+            blob,
+        ));
+    }
+    Ok(out)
+}
+
+/// Builds one layer (or finds it in the cache); returns its record and whether it was built.
+fn ensure_layer(
+    plan: &Plan,
+    idx: usize,
+    cache: &Cache,
+    progress: &Progress,
+    base_entries: &mut Option<Vec<Entry>>,
+) -> Result<(CachedLayer, PathBuf, bool)> {
+    let pl = &plan.layers[idx];
+    if let Producer::Imported(rec, blob) = &pl.producer {
+        return Ok((rec.clone(), blob.clone(), false));
+    }
+    let rec_path = cache.layer_record_path(&pl.key);
+    if let Some(rec) = cache.read_json::<CachedLayer>(&rec_path) {
+        let blob = cache.blob_dir().join(rec.digest.digest());
+        if std::fs::metadata(&blob).is_ok_and(|m| m.len() == rec.size) {
+            return Ok((rec, blob, false));
+        }
+    }
+    let recipe = &plan.recipe;
+    let epoch = recipe.epoch;
+    let (entries, packages) = match &pl.producer {
+        Producer::Rootfs => {
+            let p = plan.base.as_ref().context("the base was not prepared")?;
+            let entries = base::read_rootfs(&p.rootfs, epoch)?;
+            *base_entries = Some(entries.clone());
+            (entries, p.info.packages.clone())
+        }
+        Producer::Jdk(name) => {
+            let jdk = &recipe.jdks[name];
+            base::jdk_entries(cache, jdk, &recipe.base, plan.base.as_ref(), epoch, progress)?
+        }
+        Producer::Entries(e) => (e.clone(), vec![]),
+        Producer::Dist { version, origin, sha512 } => {
+            let dl = crate::fetch::fetch(cache, origin, sha512, progress)?;
+            let tar = crate::fetch::unpacked_tar(cache, &dl, sha512)?;
+            let raw = layer::read_tar_file(&tar, layer::TarPolicy { allow_devices: false })
+                .with_context(|| format!("Hadoop {version} release tarball {origin}"))?;
+            (base::reroot(raw, 1, &format!("opt/hadoop-{version}"))?, vec![])
+        }
+        Producer::Imported(..) => unreachable!("handled above"),
+    };
+    let entries = layer::normalize(entries)?;
+    let private_key = render::carries_private_key(&entries);
+    let total: u64 = entries.iter().map(|e| e.size()).sum();
+    let task = progress.task(format!("layer {}", pl.name), Some(total));
+    let mut blob = BlobWriter::new(&cache.blob_dir())?;
+    let (diff_id, uncompressed, stats) = {
+        let mut comp = recipe.compression.writer(&mut blob)?;
+        let mut tee = Tee::new(Counting { inner: &mut *comp, task: &task });
+        let stats = layer::write_tar(&entries, epoch, &mut tee)?;
+        crate::failpoint("layer-write");
+        let (d, n) = (tee.digest(), tee.size);
+        drop(tee);
+        comp.finish()?;
+        (d, n, stats)
+    };
+    let info = blob.commit()?;
+    let rec = CachedLayer {
+        digest: info.digest.clone(),
+        diff_id,
+        size: info.size,
+        uncompressed_size: uncompressed,
+        media_type: recipe.compression.media_type().to_string(),
+        entries: stats.entries,
+        file_bytes: stats.file_bytes,
+        packages,
+        private_key,
+    };
+    cache.write_json(&rec_path, &rec)?;
+    task.finish(format!("{} entries, {} → {}", stats.entries, human(uncompressed), human(info.size)));
+    let path = cache.blob_dir().join(info.digest.digest());
+    Ok((rec, path, true))
+}
+
+struct Counting<'a, W: std::io::Write + ?Sized> {
+    inner: &'a mut W,
+    task: &'a crate::progress::Task,
+}
+
+impl<W: std::io::Write + ?Sized> std::io::Write for Counting<'_, W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.task.inc(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Bytes for people.
+pub fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
+}
+
+/// `strata build`.
+pub fn build(opts: &Options) -> Result<BuildReport> {
+    let start = Instant::now();
+    let progress = Progress::new(opts.quiet);
+    let cache = open_cache(opts)?;
+    let plan = make_plan(opts, &cache, &progress, true)?;
+    let recipe = &plan.recipe;
+
+    // Every layer the selected images need, built or found, before the store is touched.
+    let needed: BTreeSet<usize> = plan.images.iter().flat_map(|i| i.layers.iter().copied()).collect();
+    let mut built = 0;
+    let mut records: HashMap<usize, (CachedLayer, PathBuf)> = HashMap::new();
+    let mut base_entries = None;
+    for &idx in &needed {
+        let (rec, blob, was_built) = ensure_layer(&plan, idx, &cache, &progress, &mut base_entries)?;
+        built += usize::from(was_built);
+        records.insert(idx, (rec, blob));
+    }
+    drop(base_entries);
+
+    // Commit.
+    let store = Store::ensure(&opts.output)?;
+    let _lock = store.lock(|| progress.say(format!("waiting for another strata process to finish with {}", opts.output.display())))?;
+    store.clean_temp()?;
+    let old_index = if opts.output.join(crate::store::INDEX_JSON).exists() { Some(store.read_index()?) } else { None };
+    let old_record = match &old_index {
+        Some(i) => store.read_record(i).unwrap_or_default(),
+        None => StoreRecord::default(),
+    };
+    for (rec, blob) in records.values() {
+        store.import_blob(blob, &BlobInfo { digest: rec.digest.clone(), size: rec.size })?;
+    }
+    // Which images of this build use each layer.
+    let mut users: HashMap<usize, Vec<String>> = HashMap::new();
+    for img in plan.images.iter().filter(|i| i.version.is_some()) {
+        for &l in &img.layers {
+            users.entry(l).or_default().push(img.tag.clone());
+        }
+    }
+    let layer_record = |idx: usize| -> LayerRecord {
+        let (c, _) = &records[&idx];
+        LayerRecord {
+            name: plan.layers[idx].name.clone(),
+            digest: c.digest.clone(),
+            diff_id: c.diff_id.clone(),
+            size: c.size,
+            uncompressed_size: c.uncompressed_size,
+            media_type: c.media_type.clone(),
+            entries: c.entries,
+            file_bytes: c.file_bytes,
+            shared_by: users.get(&idx).cloned().unwrap_or_default(),
+            packages: c.packages.clone(),
+            private_key: c.private_key,
+        }
+    };
+    let mut new_entries = Vec::new();
+    let mut new_images = Vec::new();
+    let mut summaries = Vec::new();
+    for img in &plan.images {
+        let layers: Vec<LayerRecord> = img.layers.iter().map(|&i| layer_record(i)).collect();
+        let carries_key = layers.iter().any(|l| l.private_key);
+        let spec = image_spec(&plan, img, layers.clone(), carries_key);
+        let written = oci::write_image(&store, &spec)?;
+        summaries.push(ImageSummary {
+            name: img.name.clone(),
+            manifest: written.manifest.digest.to_string(),
+            size: layers.iter().map(|l| l.size).sum(),
+            layers: layers.iter().map(|l| l.name.clone()).collect(),
+            carries_private_key: carries_key,
+        });
+        new_images.push(ImageRecord {
+            name: img.name.clone(),
+            tag: img.tag.clone(),
+            hadoop_version: img.version.clone(),
+            manifest: written.manifest.digest.clone(),
+            config: written.config.digest.clone(),
+            jdk: img.version.as_ref().map(|v| recipe.jdk_for(v).name.clone()),
+            layers: layers.iter().map(|l| l.digest.to_string()).collect(),
+            carries_private_key: carries_key,
+        });
+        new_entries.push(written.index_entry);
+    }
+
+    // Merge with what the store already holds: other recipes' images and, with --only, the
+    // recipe's other versions stay.
+    let replaced: BTreeSet<String> = new_images.iter().map(|i| i.name.clone()).collect();
+    let mut manifests: Vec<_> = old_index
+        .as_ref()
+        .map(|i| i.manifests().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| {
+            let name = d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_IMAGE_NAME)).cloned().unwrap_or_default();
+            !replaced.contains(&name)
+        })
+        .collect();
+    manifests.extend(new_entries);
+    manifests.sort_by_key(|d| {
+        let name = d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_IMAGE_NAME)).cloned().unwrap_or_default();
+        let (repo, tag) = oci::split_name(&name);
+        (repo.to_string(), crate::hadoop::version_key(tag), tag.to_string())
+    });
+    let mut record = StoreRecord {
+        recipes: old_record.recipes.clone(),
+        images: old_record.images.into_iter().filter(|i| !replaced.contains(&i.name)).collect(),
+        layers: BTreeMap::new(),
+    };
+    record.recipes.insert(recipe.name.clone(), recipe.settings());
+    record.images.extend(new_images);
+    record.images.sort_by_key(|i| (oci::split_name(&i.name).0.to_string(), crate::hadoop::version_key(&i.tag), i.tag.clone()));
+    let mut all_layers: BTreeMap<String, LayerRecord> = old_record.layers;
+    for &idx in &needed {
+        let r = layer_record(idx);
+        all_layers.insert(r.digest.to_string(), r);
+    }
+    let referenced: BTreeSet<&String> = record.images.iter().flat_map(|i| i.layers.iter()).collect();
+    for (d, mut r) in all_layers {
+        if referenced.contains(&d) {
+            r.shared_by = record
+                .images
+                .iter()
+                .filter(|i| i.hadoop_version.is_some() && i.layers.contains(&d))
+                .map(|i| i.name.clone())
+                .collect();
+            record.layers.insert(d, r);
+        }
+    }
+    let record_blob = store.put_blob(&canonical_json(&record)?)?;
+    let mut annotations = HashMap::from([(ANNOTATION_RECORD.to_string(), record_blob.digest.to_string())]);
+    if let Some(rev) = git_revision(&recipe.root) {
+        annotations.insert(ANNOTATION_REVISION.to_string(), rev);
+    }
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .annotations(annotations)
+        .build()?;
+    let changed = store.write_index(&index)?;
+    let report = BuildReport {
+        recipe: recipe.name.clone(),
+        output: opts.output.clone(),
+        images: summaries,
+        layers_total: needed.len(),
+        layers_built: built,
+        layers_cached: needed.len() - built,
+        index_changed: changed,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    progress.say(format!(
+        "{} images in {}: {} layers ({} built, {} from cache)",
+        report.images.len(),
+        opts.output.display(),
+        report.layers_total,
+        report.layers_built,
+        report.layers_cached
+    ));
+    Ok(report)
+}
+
+fn image_spec(plan: &Plan, img: &PlannedImage, layers: Vec<LayerRecord>, carries_key: bool) -> ImageSpec {
+    let recipe = &plan.recipe;
+    let mut env: BTreeMap<String, String> = BTreeMap::from([
+        ("PATH".into(), "/opt/hadoop/bin:/opt/hadoop/sbin:/opt/java/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ("JAVA_HOME".into(), format!("/{}", base::JAVA_LINK)),
+        ("HADOOP_HOME".into(), "/opt/hadoop".into()),
+        ("HADOOP_CONF_DIR".into(), "/etc/hadoop".into()),
+    ]);
+    let mut labels = HashMap::new();
+    if let Some(v) = &img.version {
+        env.insert("HADOOP_VERSION".into(), v.clone());
+        labels.insert(oci::LABEL_HADOOP_VERSION.to_string(), v.clone());
+        let jdk = recipe.jdk_for(v);
+        labels.insert(oci::LABEL_JDK.to_string(), format!("{} (Java {})", jdk.name, jdk.java_version));
+        if let Some(why) = &recipe.line_choice(v).accept_unsupported {
+            labels.insert(oci::LABEL_JDK_UNSUPPORTED.to_string(), why.clone());
+        }
+    }
+    for (k, v) in &recipe.image.env {
+        env.insert(k.clone(), v.clone());
+    }
+    if carries_key {
+        labels.insert(oci::LABEL_PRIVATE_KEY.to_string(), "true".into());
+        if let Some(k) = &plan.cluster_key {
+            labels.insert(oci::LABEL_KEY_FINGERPRINT.to_string(), k.fingerprint.clone());
+        }
+    }
+    ImageSpec {
+        name: img.name.clone(),
+        tag: img.tag.clone(),
+        layers,
+        env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        cmd: recipe.image.cmd.clone(),
+        entrypoint: recipe.image.entrypoint.clone(),
+        working_dir: recipe.image.working_dir.clone(),
+        user: recipe.image.user.clone(),
+        labels,
+        annotations: oci::standard_annotations(img.version.as_deref(), recipe.source_url.as_deref(), recipe.description.as_deref()),
+        epoch: recipe.epoch,
+    }
+}
+
+/// The checkout's revision (`-dirty` with local changes), if the recipe is in a git work tree.
+fn git_revision(root: &Path) -> Option<String> {
+    let out = std::process::Command::new("git").arg("-C").arg(root).args(["rev-parse", "HEAD"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let mut rev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let st = std::process::Command::new("git").arg("-C").arg(root).args(["status", "--porcelain", "--untracked-files=no"]).output().ok()?;
+    if !st.stdout.is_empty() {
+        rev.push_str("-dirty");
+    }
+    Some(rev)
+}
+
+/// What `strata plan` prints.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PlanReport {
+    pub recipe: String,
+    pub base_ready: bool,
+    pub layers: Vec<PlanLayer>,
+    pub images: Vec<PlanImage>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PlanLayer {
+    pub name: String,
+    pub key: String,
+    pub cached: bool,
+    pub digest: Option<String>,
+    pub size: Option<u64>,
+    pub uncompressed_size: Option<u64>,
+    pub used_by: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PlanImage {
+    pub name: String,
+    pub layers: Vec<String>,
+}
+
+/// `strata plan`: what would be built and what is cached, without building anything.
+pub fn plan(opts: &Options) -> Result<PlanReport> {
+    let progress = Progress::new(true);
+    let cache = open_cache(opts)?;
+    let plan = make_plan(opts, &cache, &progress, false)?;
+    let mut used: HashMap<usize, Vec<String>> = HashMap::new();
+    for img in &plan.images {
+        for &l in &img.layers {
+            used.entry(l).or_default().push(img.name.clone());
+        }
+    }
+    let layers = plan
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let rec = match &l.producer {
+                Producer::Imported(r, _) => Some(r.clone()),
+                _ => cache.read_json::<CachedLayer>(&cache.layer_record_path(&l.key)),
+            };
+            PlanLayer {
+                name: l.name.clone(),
+                key: l.key.clone(),
+                cached: rec.is_some(),
+                digest: rec.as_ref().map(|r| r.digest.to_string()),
+                size: rec.as_ref().map(|r| r.size),
+                uncompressed_size: rec.as_ref().map(|r| r.uncompressed_size),
+                used_by: used.remove(&i).unwrap_or_default(),
+            }
+        })
+        .collect();
+    Ok(PlanReport {
+        recipe: plan.recipe.name.clone(),
+        base_ready: plan.base.is_some() || matches!(plan.recipe.base, Base::Oci { .. }),
+        layers,
+        images: plan
+            .images
+            .iter()
+            .map(|i| PlanImage { name: i.name.clone(), layers: i.layers.iter().map(|&l| plan.layers[l].name.clone()).collect() })
+            .collect(),
+    })
+}

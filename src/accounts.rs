@@ -45,7 +45,12 @@ impl BaseAccounts {
             };
             if let crate::layer::Kind::File(c) = &e.kind {
                 let text = String::from_utf8(c.read_all()?)?;
-                *slot = Some(AccountFile { text, mode: e.mode, uid: e.uid, gid: e.gid });
+                *slot = Some(AccountFile {
+                    text,
+                    mode: e.mode,
+                    uid: e.uid,
+                    gid: e.gid,
+                });
             }
         }
         Ok(out)
@@ -65,7 +70,10 @@ fn merge_line(db: &str, name: &str, line: &str, id_field: Option<(usize, u32)>) 
             if let Some((idx, id)) = id_field
                 && fields.get(idx).and_then(|f| f.parse::<u32>().ok()) == Some(id)
             {
-                bail!("id {id} already belongs to {:?} in the base; choose another uid/gid in [user]", fields[0]);
+                bail!(
+                    "id {id} already belongs to {:?} in the base; choose another uid/gid in [user]",
+                    fields[0]
+                );
             }
             out.push_str(l);
         }
@@ -79,31 +87,88 @@ fn merge_line(db: &str, name: &str, line: &str, id_field: Option<(usize, u32)>) 
 }
 
 /// The entries of the accounts layer.
-pub fn entries(base: &BaseAccounts, user: &User, key: &ClusterKey, epoch: u64) -> Result<Vec<Entry>> {
+pub fn entries(
+    base: &BaseAccounts,
+    user: &User,
+    key: &ClusterKey,
+    epoch: u64,
+) -> Result<Vec<Entry>> {
     let days = epoch / 86_400;
     let n = &user.name;
-    let def = |mode: u32, gid: u32| AccountFile { text: String::new(), mode, uid: 0, gid };
+    let def = |mode: u32, gid: u32| AccountFile {
+        text: String::new(),
+        mode,
+        uid: 0,
+        gid,
+    };
     let passwd = base.passwd.clone().unwrap_or_else(|| def(0o644, 0));
     let group = base.group.clone().unwrap_or_else(|| def(0o644, 0));
     let mut out = vec![
-        file("etc/passwd", &passwd, merge_line(&passwd.text, n, &format!("{n}:x:{}:{}:Hadoop:{}:{}", user.uid, user.gid, user.home, user.shell), Some((2, user.uid)))?),
-        file("etc/group", &group, merge_line(&group.text, n, &format!("{n}:x:{}:", user.gid), Some((2, user.gid)))?),
+        file(
+            "etc/passwd",
+            &passwd,
+            merge_line(
+                &passwd.text,
+                n,
+                &format!(
+                    "{n}:x:{}:{}:Hadoop:{}:{}",
+                    user.uid, user.gid, user.home, user.shell
+                ),
+                Some((2, user.uid)),
+            )?,
+        ),
+        file(
+            "etc/group",
+            &group,
+            merge_line(
+                &group.text,
+                n,
+                &format!("{n}:x:{}:", user.gid),
+                Some((2, user.gid)),
+            )?,
+        ),
     ];
     if let Some(shadow) = &base.shadow {
         // `*`: no password login, but not locked, so key login works with or without PAM.
-        out.push(file("etc/shadow", shadow, merge_line(&shadow.text, n, &format!("{n}:*:{days}:0:99999:7:::"), None)?));
+        out.push(file(
+            "etc/shadow",
+            shadow,
+            merge_line(&shadow.text, n, &format!("{n}:*:{days}:0:99999:7:::"), None)?,
+        ));
     }
     if let Some(gshadow) = &base.gshadow {
-        out.push(file("etc/gshadow", gshadow, merge_line(&gshadow.text, n, &format!("{n}:!::"), None)?));
+        out.push(file(
+            "etc/gshadow",
+            gshadow,
+            merge_line(&gshadow.text, n, &format!("{n}:!::"), None)?,
+        ));
     }
     let home = user.home.trim_start_matches('/');
     let (u, g) = (user.uid, user.gid);
     out.push(Entry::dir(home, 0o755, u, g));
     out.push(Entry::dir(&format!("{home}/.ssh"), 0o700, u, g));
-    out.push(Entry::file(&format!("{home}/.ssh/id_ed25519"), Content::bytes(key.private_openssh.clone()), 0o600, u, g));
+    out.push(Entry::file(
+        &format!("{home}/.ssh/id_ed25519"),
+        Content::bytes(key.private_openssh.clone()),
+        0o600,
+        u,
+        g,
+    ));
     let public = format!("{}\n", key.public_openssh.trim());
-    out.push(Entry::file(&format!("{home}/.ssh/id_ed25519.pub"), Content::bytes(public.clone()), 0o600, u, g));
-    out.push(Entry::file(&format!("{home}/.ssh/authorized_keys"), Content::bytes(public), 0o600, u, g));
+    out.push(Entry::file(
+        &format!("{home}/.ssh/id_ed25519.pub"),
+        Content::bytes(public.clone()),
+        0o600,
+        u,
+        g,
+    ));
+    out.push(Entry::file(
+        &format!("{home}/.ssh/authorized_keys"),
+        Content::bytes(public),
+        0o600,
+        u,
+        g,
+    ));
     Ok(out)
 }
 
@@ -118,11 +183,23 @@ mod tests {
     #[test]
     fn merge_appends_and_refuses_taken_ids() {
         let db = "root:x:0:0:root:/root:/bin/bash\n";
-        let m = merge_line(db, "hadoop", "hadoop:x:1000:1000::/home/hadoop:/bin/bash", Some((2, 1000))).unwrap();
+        let m = merge_line(
+            db,
+            "hadoop",
+            "hadoop:x:1000:1000::/home/hadoop:/bin/bash",
+            Some((2, 1000)),
+        )
+        .unwrap();
         assert_eq!(m.lines().count(), 2);
         assert!(merge_line(db, "hadoop", "hadoop:x:0:0::/:/bin/sh", Some((2, 0))).is_err());
         // Idempotent: an existing line is replaced, not duplicated.
-        let again = merge_line(&m, "hadoop", "hadoop:x:1000:1000::/home/hadoop:/bin/bash", Some((2, 1000))).unwrap();
+        let again = merge_line(
+            &m,
+            "hadoop",
+            "hadoop:x:1000:1000::/home/hadoop:/bin/bash",
+            Some((2, 1000)),
+        )
+        .unwrap();
         assert_eq!(again, m);
     }
 }

@@ -23,7 +23,7 @@ use crate::accounts::BaseAccounts;
 use crate::cache::{Cache, key_of};
 use crate::layer::{self, Content, Entry, Kind, TarPolicy};
 use crate::progress::Progress;
-use crate::recipe::{Base, JdkSource, Jdk};
+use crate::recipe::{Base, Jdk, JdkSource};
 
 /// Facts about a base, kept beside its rootfs in the cache.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -54,7 +54,16 @@ pub fn mmdebstrap_command(
     epoch: u64,
     out: &Path,
 ) -> Result<Command> {
-    let Base::Mmdebstrap { suite, variant, apt_sources, packages, exclude_docs, proxy, .. } = base else {
+    let Base::Mmdebstrap {
+        suite,
+        variant,
+        apt_sources,
+        packages,
+        exclude_docs,
+        proxy,
+        ..
+    } = base
+    else {
         bail!("not an mmdebstrap base");
     };
     let mut cmd = Command::new("mmdebstrap");
@@ -66,7 +75,13 @@ pub fn mmdebstrap_command(
         cmd.arg(format!("--include={}", all.join(",")));
     }
     if *exclude_docs {
-        for p in ["/usr/share/man/*", "/usr/share/doc/*", "/usr/share/info/*", "/usr/share/locale/*", "/usr/share/lintian/*"] {
+        for p in [
+            "/usr/share/man/*",
+            "/usr/share/doc/*",
+            "/usr/share/info/*",
+            "/usr/share/locale/*",
+            "/usr/share/lintian/*",
+        ] {
             cmd.arg(format!("--dpkgopt=path-exclude={p}"));
         }
         // Licences stay: they must travel with the binaries.
@@ -119,7 +134,14 @@ pub struct PreparedBase {
 }
 
 /// Makes sure the base's rootfs is in the cache (building it with mmdebstrap if needed).
-pub fn ensure_base(cache: &Cache, base: &Base, key: &str, epoch: u64, refresh: bool, progress: &Progress) -> Result<PreparedBase> {
+pub fn ensure_base(
+    cache: &Cache,
+    base: &Base,
+    key: &str,
+    epoch: u64,
+    refresh: bool,
+    progress: &Progress,
+) -> Result<PreparedBase> {
     let dir = cache.base_dir(key);
     let rootfs = dir.join("rootfs.tar");
     let info_path = dir.join("info.json");
@@ -127,11 +149,22 @@ pub fn ensure_base(cache: &Cache, base: &Base, key: &str, epoch: u64, refresh: b
         && rootfs.is_file()
         && let Some(info) = cache.read_json::<BaseInfo>(&info_path)
     {
-        return Ok(PreparedBase { key: key.into(), rootfs, info });
+        return Ok(PreparedBase {
+            key: key.into(),
+            rootfs,
+            info,
+        });
     }
     match base {
         Base::Mmdebstrap { .. } => {
-            run_mmdebstrap(base, (&[], &[]), epoch, &rootfs, "base root filesystem", progress)?;
+            run_mmdebstrap(
+                base,
+                (&[], &[]),
+                epoch,
+                &rootfs,
+                "base root filesystem",
+                progress,
+            )?;
         }
         Base::Tarball { path, .. } => {
             let tar = decompressed(cache, path)?;
@@ -143,9 +176,16 @@ pub fn ensure_base(cache: &Cache, base: &Base, key: &str, epoch: u64, refresh: b
         Base::Oci { .. } => bail!("an OCI base has no rootfs tarball"),
     }
     let entries = read_rootfs(&rootfs, epoch)?;
-    let info = BaseInfo { packages: dpkg_packages(&entries)?, accounts: BaseAccounts::from_entries(&entries)? };
+    let info = BaseInfo {
+        packages: dpkg_packages(&entries)?,
+        accounts: BaseAccounts::from_entries(&entries)?,
+    };
     cache.write_json(&info_path, &info)?;
-    Ok(PreparedBase { key: key.into(), rootfs, info })
+    Ok(PreparedBase {
+        key: key.into(),
+        rootfs,
+        info,
+    })
 }
 
 /// A tarball as an uncompressed tar (gzip and zstd are decompressed into the cache once).
@@ -160,8 +200,13 @@ fn decompressed(cache: &Cache, path: &Path) -> Result<PathBuf> {
 
 /// Reads a root filesystem tar into normalized layer entries.
 pub fn read_rootfs(tar: &Path, epoch: u64) -> Result<Vec<Entry>> {
-    let entries = layer::read_tar_file(tar, TarPolicy { allow_devices: true })
-        .with_context(|| format!("reading root filesystem {}", tar.display()))?;
+    let entries = layer::read_tar_file(
+        tar,
+        TarPolicy {
+            allow_devices: true,
+        },
+    )
+    .with_context(|| format!("reading root filesystem {}", tar.display()))?;
     let mut entries = normalize_rootfs(entries, epoch)?;
     layer::relink_hardlinks(&mut entries)?;
     layer::normalize(entries)
@@ -211,8 +256,12 @@ pub fn normalize_jks(data: &[u8], date_ms: u64, password: &str) -> Option<Vec<u8
         return None;
     }
     let mut out = data[..body_len].to_vec();
-    let be32 = |b: &[u8], at: usize| -> Option<u32> { Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?)) };
-    let be16 = |b: &[u8], at: usize| -> Option<usize> { Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize) };
+    let be32 = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let be16 = |b: &[u8], at: usize| -> Option<usize> {
+        Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize)
+    };
     if be32(&out, 4)? != 2 {
         return None;
     }
@@ -222,7 +271,8 @@ pub fn normalize_jks(data: &[u8], date_ms: u64, password: &str) -> Option<Vec<u8
         let tag = be32(&out, pos)?;
         pos += 4;
         pos += 2 + be16(&out, pos)?; // alias
-        out.get_mut(pos..pos + 8)?.copy_from_slice(&date_ms.to_be_bytes());
+        out.get_mut(pos..pos + 8)?
+            .copy_from_slice(&date_ms.to_be_bytes());
         pos += 8;
         match tag {
             2 => {
@@ -254,7 +304,9 @@ pub fn dpkg_packages(entries: &[Entry]) -> Result<Vec<(String, String)>> {
     let Some(e) = entries.iter().find(|e| e.path == "var/lib/dpkg/status") else {
         return Ok(vec![]);
     };
-    let Kind::File(c) = &e.kind else { return Ok(vec![]) };
+    let Kind::File(c) = &e.kind else {
+        return Ok(vec![]);
+    };
     Ok(parse_dpkg_status(&String::from_utf8_lossy(&c.read_all()?)))
 }
 
@@ -265,7 +317,8 @@ pub fn parse_dpkg_status(text: &str) -> Vec<(String, String)> {
             para.lines()
                 .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
         };
-        let (Some(p), Some(v), Some(s)) = (field("Package:"), field("Version:"), field("Status:")) else {
+        let (Some(p), Some(v), Some(s)) = (field("Package:"), field("Version:"), field("Status:"))
+        else {
             continue;
         };
         if s.ends_with(" installed") {
@@ -287,6 +340,9 @@ pub fn jdk_key(jdk: &Jdk, base_key: &str) -> String {
     }))
 }
 
+/// Debian packages as (name, version).
+pub type Packages = Vec<(String, String)>;
+
 /// Stable path every image's JAVA_HOME points through.
 pub const JAVA_LINK: &str = "opt/java";
 
@@ -298,10 +354,13 @@ pub fn jdk_entries(
     prepared: Option<&PreparedBase>,
     epoch: u64,
     progress: &Progress,
-) -> Result<(Vec<Entry>, Vec<(String, String)>)> {
+) -> Result<(Vec<Entry>, Packages)> {
     let mut packages = vec![];
     let mut entries = match &jdk.source {
-        JdkSource::Packages { packages: pkgs, apt_sources } => {
+        JdkSource::Packages {
+            packages: pkgs,
+            apt_sources,
+        } => {
             let prepared = prepared.context("a package JDK needs the base root filesystem")?;
             let key = jdk_key(jdk, &prepared.key);
             let upper = cache.base_dir(&format!("jdk-{key}")).join("rootfs.tar");
@@ -318,12 +377,25 @@ pub fn jdk_entries(
                 .collect();
             layer::diff_trees(&lower, &upper_entries)?
         }
-        JdkSource::Tarball { origin, sha512, strip_components } => {
+        JdkSource::Tarball {
+            origin,
+            sha512,
+            strip_components,
+        } => {
             let dl = crate::fetch::fetch(cache, origin, sha512, progress)?;
             let tar = crate::fetch::unpacked_tar(cache, &dl, sha512)?;
-            let raw = layer::read_tar_file(&tar, TarPolicy { allow_devices: false })
-                .with_context(|| format!("JDK tarball {origin}"))?;
-            reroot(raw, *strip_components, jdk.java_home.trim_start_matches('/'))?
+            let raw = layer::read_tar_file(
+                &tar,
+                TarPolicy {
+                    allow_devices: false,
+                },
+            )
+            .with_context(|| format!("JDK tarball {origin}"))?;
+            reroot(
+                raw,
+                *strip_components,
+                jdk.java_home.trim_start_matches('/'),
+            )?
         }
     };
     entries.retain(|e| e.path != JAVA_LINK);
@@ -343,10 +415,14 @@ pub fn reroot(entries: Vec<Entry>, strip: usize, prefix: &str) -> Result<Vec<Ent
     };
     let mut out = Vec::new();
     for mut e in entries {
-        let Some(p) = move_path(&e.path) else { continue };
+        let Some(p) = move_path(&e.path) else {
+            continue;
+        };
         e.path = p;
         if let Kind::Hardlink(t) = &e.kind {
-            let nt = move_path(t).with_context(|| format!("hard link {} points at {t}, outside what is kept", e.path))?;
+            let nt = move_path(t).with_context(|| {
+                format!("hard link {} points at {t}, outside what is kept", e.path)
+            })?;
             e.kind = Kind::Hardlink(nt);
         }
         out.push(e);
@@ -377,7 +453,10 @@ mod tests {
     #[test]
     fn dpkg_status_lists_installed_packages() {
         let s = "Package: a\nStatus: install ok installed\nVersion: 1\n\nPackage: b\nStatus: deinstall ok config-files\nVersion: 2\n";
-        assert_eq!(parse_dpkg_status(s), vec![("a".to_string(), "1".to_string())]);
+        assert_eq!(
+            parse_dpkg_status(s),
+            vec![("a".to_string(), "1".to_string())]
+        );
     }
 
     #[test]
@@ -416,6 +495,14 @@ mod tests {
         ];
         let out = reroot(e, 1, "opt/hadoop-1.0").unwrap();
         let paths: Vec<_> = out.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["opt", "opt/hadoop-1.0", "opt/hadoop-1.0/bin", "opt/hadoop-1.0/bin/x"]);
+        assert_eq!(
+            paths,
+            [
+                "opt",
+                "opt/hadoop-1.0",
+                "opt/hadoop-1.0/bin",
+                "opt/hadoop-1.0/bin/x"
+            ]
+        );
     }
 }

@@ -29,8 +29,8 @@ use crate::progress::Progress;
 use crate::recipe::{Base, Origin, Recipe};
 use crate::render::{self, Context as RenderContext};
 use crate::store::{
-    ANNOTATION_IMAGE_NAME, ANNOTATION_RECORD, BlobInfo, BlobWriter, ImageRecord, LayerRecord, Store,
-    StoreRecord, Tee, canonical_json,
+    ANNOTATION_IMAGE_NAME, ANNOTATION_RECORD, BlobInfo, BlobWriter, ImageRecord, LayerRecord,
+    Store, StoreRecord, Tee, canonical_json,
 };
 
 /// Options of `strata build` and `strata plan`.
@@ -71,7 +71,11 @@ enum Producer {
     /// Already rendered entries (directory and accounts layers).
     Entries(Vec<Entry>),
     /// A Hadoop release tarball.
-    Dist { version: String, origin: Origin, sha512: String },
+    Dist {
+        version: String,
+        origin: Origin,
+        sha512: String,
+    },
     /// A layer of an OCI base, reused as it is.
     Imported(CachedLayer, PathBuf),
 }
@@ -126,18 +130,30 @@ pub struct ImageSummary {
 
 fn open_cache(opts: &Options) -> Result<Cache> {
     if opts.no_cache {
-        let near = opts.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let near = opts
+            .output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         return Cache::temporary(near);
     }
     Cache::open(&opts.cache.clone().unwrap_or_else(Cache::default_dir))
 }
 
 /// Makes the plan: everything is decided and validated; nothing touches the store.
-pub fn make_plan(opts: &Options, cache: &Cache, progress: &Progress, prepare_base: bool) -> Result<Plan> {
+pub fn make_plan(
+    opts: &Options,
+    cache: &Cache,
+    progress: &Progress,
+    prepare_base: bool,
+) -> Result<Plan> {
     let (recipe, catalogue) = crate::recipe::load(&opts.recipe)?;
     for v in &opts.only {
         if !recipe.versions.contains(v) {
-            bail!("--only {v}: the recipe builds {}", recipe.versions.join(", "));
+            bail!(
+                "--only {v}: the recipe builds {}",
+                recipe.versions.join(", ")
+            );
         }
     }
     let compression = recipe.compression;
@@ -150,12 +166,17 @@ pub fn make_plan(opts: &Options, cache: &Cache, progress: &Progress, prepare_bas
 
     let mut layers: Vec<PlannedLayer> = Vec::new();
     let mut by_key: HashMap<String, usize> = HashMap::new();
-    let mut add = |layers: &mut Vec<PlannedLayer>, name: String, key: String, producer: Producer| -> usize {
-        *by_key.entry(key.clone()).or_insert_with(|| {
-            layers.push(PlannedLayer { name, key, producer });
-            layers.len() - 1
-        })
-    };
+    let mut add =
+        |layers: &mut Vec<PlannedLayer>, name: String, key: String, producer: Producer| -> usize {
+            *by_key.entry(key.clone()).or_insert_with(|| {
+                layers.push(PlannedLayer {
+                    name,
+                    key,
+                    producer,
+                });
+                layers.len() - 1
+            })
+        };
 
     // Base.
     let mut base_layers = Vec::new();
@@ -167,9 +188,19 @@ pub fn make_plan(opts: &Options, cache: &Cache, progress: &Progress, prepare_bas
             let imported = import_oci_base(path, reference)?;
             for (i, (rec, blob)) in imported.into_iter().enumerate() {
                 let key = format!("oci-{}", rec.digest.digest());
-                base_layers.push(add(&mut layers, format!("base-{i}"), key, Producer::Imported(rec, blob)));
+                base_layers.push(add(
+                    &mut layers,
+                    format!("base-{i}"),
+                    key,
+                    Producer::Imported(rec, blob),
+                ));
             }
-            let ident = key_of(&base_layers.iter().map(|&i| layers[i].key.clone()).collect::<Vec<_>>());
+            let ident = key_of(
+                &base_layers
+                    .iter()
+                    .map(|&i| layers[i].key.clone())
+                    .collect::<Vec<_>>(),
+            );
             base_info = oci_base_info(cache, &ident, &layers, &base_layers)?;
             base_identity = Some(ident);
         }
@@ -180,7 +211,11 @@ pub fn make_plan(opts: &Options, cache: &Cache, progress: &Progress, prepare_bas
                     if let Some(want) = sha256
                         && !want.eq_ignore_ascii_case(d.digest())
                     {
-                        bail!("checksum mismatch for base tarball {}: expected sha256 {want}, found {}", path.display(), d.digest());
+                        bail!(
+                            "checksum mismatch for base tarball {}: expected sha256 {want}, found {}",
+                            path.display(),
+                            d.digest()
+                        );
                     }
                     Some(d.digest().to_string())
                 }
@@ -192,14 +227,27 @@ pub fn make_plan(opts: &Options, cache: &Cache, progress: &Progress, prepare_bas
                 base_info = p.info.clone();
                 base_identity = Some(rootfs_identity(&p)?);
                 prepared = Some(p);
-            } else if let Some(info) = cache.read_json::<BaseInfo>(&cache.base_dir(&key).join("info.json")) {
-                let p = PreparedBase { key: key.clone(), rootfs: cache.base_dir(&key).join("rootfs.tar"), info: info.clone() };
+            } else if let Some(info) =
+                cache.read_json::<BaseInfo>(&cache.base_dir(&key).join("info.json"))
+            {
+                let p = PreparedBase {
+                    key: key.clone(),
+                    rootfs: cache.base_dir(&key).join("rootfs.tar"),
+                    info: info.clone(),
+                };
                 base_identity = Some(rootfs_identity(&p)?);
                 base_info = info;
                 prepared = Some(p);
             }
-            let ident = base_identity.clone().unwrap_or_else(|| format!("unbuilt-{key}"));
-            base_layers.push(add(&mut layers, "base".into(), fmt_key("base", serde_json::json!(ident)), Producer::Rootfs));
+            let ident = base_identity
+                .clone()
+                .unwrap_or_else(|| format!("unbuilt-{key}"));
+            base_layers.push(add(
+                &mut layers,
+                "base".into(),
+                fmt_key("base", serde_json::json!(ident)),
+                Producer::Rootfs,
+            ));
         }
     }
     let base_ident = base_identity.clone().unwrap_or_default();
@@ -212,7 +260,12 @@ pub fn make_plan(opts: &Options, cache: &Cache, progress: &Progress, prepare_bas
             continue;
         }
         let key = fmt_key("jdk", serde_json::json!(base::jdk_key(jdk, &base_ident)));
-        let idx = add(&mut layers, format!("jdk-{}", jdk.name), key, Producer::Jdk(jdk.name.clone()));
+        let idx = add(
+            &mut layers,
+            format!("jdk-{}", jdk.name),
+            key,
+            Producer::Jdk(jdk.name.clone()),
+        );
         jdk_layer.insert(jdk.name.clone(), idx);
     }
 
@@ -225,8 +278,15 @@ pub fn make_plan(opts: &Options, cache: &Cache, progress: &Progress, prepare_bas
     let recipe_value = serde_json::json!({"name": recipe.name, "epoch": recipe.epoch, "description": recipe.description});
     let mut shared = Vec::new();
     for spec in recipe.layers.iter().filter(|l| !l.per_version) {
-        let cx = RenderContext { recipe: recipe_value.clone(), user: recipe.user.clone(), hadoop: None, jdk: None, vars: recipe.vars.clone() };
-        let mut entries = render::render_dir(&spec.dir, &cx).with_context(|| format!("layer {}", spec.name))?;
+        let cx = RenderContext {
+            recipe: recipe_value.clone(),
+            user: recipe.user.clone(),
+            hadoop: None,
+            jdk: None,
+            vars: recipe.vars.clone(),
+        };
+        let mut entries =
+            render::render_dir(&spec.dir, &cx).with_context(|| format!("layer {}", spec.name))?;
         if spec.accounts {
             let key = cluster_key.as_ref().expect("loaded above");
             let acc = crate::accounts::entries(&base_info.accounts, &recipe.user, key, epoch)?;
@@ -241,11 +301,20 @@ pub fn make_plan(opts: &Options, cache: &Cache, progress: &Progress, prepare_bas
             inputs = serde_json::json!([inputs, base_ident]);
         }
         let key = fmt_key("dir", inputs);
-        shared.push(add(&mut layers, spec.name.clone(), key, Producer::Entries(entries)));
+        shared.push(add(
+            &mut layers,
+            spec.name.clone(),
+            key,
+            Producer::Entries(entries),
+        ));
     }
 
     // Images.
-    let selected: Vec<&String> = recipe.versions.iter().filter(|v| opts.only.is_empty() || opts.only.contains(v)).collect();
+    let selected: Vec<&String> = recipe
+        .versions
+        .iter()
+        .filter(|v| opts.only.is_empty() || opts.only.contains(v))
+        .collect();
     let mut images = Vec::new();
     for v in selected {
         let facts = catalogue.get(v).expect("validated");
@@ -254,34 +323,76 @@ pub fn make_plan(opts: &Options, cache: &Cache, progress: &Progress, prepare_bas
         list.push(jdk_layer[&jdk.name]);
         list.extend(&shared);
         if let Some(dist) = &recipe.dist {
-            let sha512 = dist.sha512.get(v).cloned().or_else(|| facts.dist.sha512.clone()).expect("validated");
+            let sha512 = dist
+                .sha512
+                .get(v)
+                .cloned()
+                .or_else(|| facts.dist.sha512.clone())
+                .expect("validated");
             let origin = match (&dist.path, &dist.url) {
                 (Some(p), _) => Origin::Path(PathBuf::from(p.replace("{version}", v))),
                 (None, Some(u)) => Origin::Url(u.replace("{version}", v)),
                 (None, None) => Origin::Url(facts.dist.url.clone()),
             };
             let key = fmt_key("dist", serde_json::json!({"sha512": sha512, "version": v}));
-            list.push(add(&mut layers, format!("hadoop-dist-{v}"), key, Producer::Dist { version: v.clone(), origin, sha512 }));
+            list.push(add(
+                &mut layers,
+                format!("hadoop-dist-{v}"),
+                key,
+                Producer::Dist {
+                    version: v.clone(),
+                    origin,
+                    sha512,
+                },
+            ));
         }
         let cx = version_context(&recipe, &recipe_value, facts);
         for spec in recipe.layers.iter().filter(|l| l.per_version) {
-            let entries = render::render_dir(&spec.dir, &cx).with_context(|| format!("layer {} for Hadoop {v}", spec.name))?;
-            let entries = layer::normalize(entries).with_context(|| format!("layer {} for Hadoop {v}", spec.name))?;
+            let entries = render::render_dir(&spec.dir, &cx)
+                .with_context(|| format!("layer {} for Hadoop {v}", spec.name))?;
+            let entries = layer::normalize(entries)
+                .with_context(|| format!("layer {} for Hadoop {v}", spec.name))?;
             let key = fmt_key("dir", serde_json::json!(entries_key(&entries)?));
-            list.push(add(&mut layers, format!("{}-{v}", spec.name), key, Producer::Entries(entries)));
+            list.push(add(
+                &mut layers,
+                format!("{}-{v}", spec.name),
+                key,
+                Producer::Entries(entries),
+            ));
         }
-        images.push(PlannedImage { name: recipe.image_name(v), tag: v.clone(), version: Some(v.clone()), layers: list });
+        images.push(PlannedImage {
+            name: recipe.image_name(v),
+            tag: v.clone(),
+            version: Some(v.clone()),
+            layers: list,
+        });
     }
     // `<recipe>:base`: the layers every version of the recipe shares, as an image of its own.
-    let one_jdk: BTreeSet<_> = recipe.versions.iter().map(|v| recipe.jdk_for(v).name.clone()).collect();
+    let one_jdk: BTreeSet<_> = recipe
+        .versions
+        .iter()
+        .map(|v| recipe.jdk_for(v).name.clone())
+        .collect();
     let mut base_list = base_layers.clone();
     if one_jdk.len() == 1 {
         base_list.push(jdk_layer[one_jdk.iter().next().expect("one")]);
     }
     base_list.extend(&shared);
-    images.push(PlannedImage { name: format!("{}:base", recipe.name), tag: "base".into(), version: None, layers: base_list });
+    images.push(PlannedImage {
+        name: format!("{}:base", recipe.name),
+        tag: "base".into(),
+        version: None,
+        layers: base_list,
+    });
 
-    Ok(Plan { recipe, catalogue, layers, images, base: prepared, cluster_key })
+    Ok(Plan {
+        recipe,
+        catalogue,
+        layers,
+        images,
+        base: prepared,
+        cluster_key,
+    })
 }
 
 /// The content identity of a prepared base rootfs (its SHA-256, computed once).
@@ -290,7 +401,10 @@ fn rootfs_identity(p: &PreparedBase) -> Result<String> {
     if let Ok(s) = std::fs::read_to_string(&marker) {
         return Ok(s.trim().to_string());
     }
-    let (d, _) = crate::store::hash_reader(std::fs::File::open(&p.rootfs).with_context(|| format!("opening {}", p.rootfs.display()))?)?;
+    let (d, _) = crate::store::hash_reader(
+        std::fs::File::open(&p.rootfs)
+            .with_context(|| format!("opening {}", p.rootfs.display()))?,
+    )?;
     crate::store::atomic_write(&marker, d.digest().as_bytes())?;
     Ok(d.digest().to_string())
 }
@@ -309,7 +423,11 @@ fn entries_key(entries: &[Entry]) -> Result<Vec<String>> {
 }
 
 /// The template context of one Hadoop version.
-fn version_context(recipe: &Recipe, recipe_value: &serde_json::Value, facts: &Facts) -> RenderContext {
+fn version_context(
+    recipe: &Recipe,
+    recipe_value: &serde_json::Value,
+    facts: &Facts,
+) -> RenderContext {
     let jdk = recipe.jdk_for(&facts.version);
     let choice = recipe.line_choice(&facts.version);
     let mut flags = crate::hadoop::compat_jvm_flags(&facts.java.runtime, jdk.java_version);
@@ -333,29 +451,54 @@ fn version_context(recipe: &Recipe, recipe_value: &serde_json::Value, facts: &Fa
 }
 
 /// The account files and packages of an OCI base (read from its layers once, then cached).
-fn oci_base_info(cache: &Cache, ident: &str, layers: &[PlannedLayer], idxs: &[usize]) -> Result<BaseInfo> {
+fn oci_base_info(
+    cache: &Cache,
+    ident: &str,
+    layers: &[PlannedLayer],
+    idxs: &[usize],
+) -> Result<BaseInfo> {
     let path = cache.base_dir(&format!("oci-{ident}")).join("info.json");
     if let Some(info) = cache.read_json::<BaseInfo>(&path) {
         return Ok(info);
     }
-    let wanted = ["etc/passwd", "etc/group", "etc/shadow", "etc/gshadow", "var/lib/dpkg/status"];
+    let wanted = [
+        "etc/passwd",
+        "etc/group",
+        "etc/shadow",
+        "etc/gshadow",
+        "var/lib/dpkg/status",
+    ];
     let mut found: BTreeMap<String, Entry> = BTreeMap::new();
     for &i in idxs {
-        let Producer::Imported(rec, blob) = &layers[i].producer else { continue };
+        let Producer::Imported(rec, blob) = &layers[i].producer else {
+            continue;
+        };
         let f = std::fs::File::open(blob)?;
-        let r = crate::compress::Compression::reader_for(&MediaType::from(rec.media_type.as_str()), std::io::BufReader::new(f))?;
+        let r = crate::compress::Compression::reader_for(
+            &MediaType::from(rec.media_type.as_str()),
+            std::io::BufReader::new(f),
+        )?;
         layer::for_each_in_tar(r, |p, h, data| {
             if wanted.contains(&p) && h.entry_type().is_file() {
                 let mut buf = Vec::new();
                 std::io::Read::read_to_end(data, &mut buf)?;
-                let e = Entry::file(p, layer::Content::bytes(buf), h.mode()? & 0o7777, h.uid()? as u32, h.gid()? as u32);
+                let e = Entry::file(
+                    p,
+                    layer::Content::bytes(buf),
+                    h.mode()? & 0o7777,
+                    h.uid()? as u32,
+                    h.gid()? as u32,
+                );
                 found.insert(p.to_string(), e);
             }
             Ok(())
         })?;
     }
     let entries: Vec<Entry> = found.into_values().collect();
-    let info = BaseInfo { packages: base::dpkg_packages(&entries)?, accounts: crate::accounts::BaseAccounts::from_entries(&entries)? };
+    let info = BaseInfo {
+        packages: base::dpkg_packages(&entries)?,
+        accounts: crate::accounts::BaseAccounts::from_entries(&entries)?,
+    };
     cache.write_json(&path, &info)?;
     Ok(info)
 }
@@ -369,22 +512,34 @@ fn import_oci_base(path: &Path, reference: &str) -> Result<Vec<(CachedLayer, Pat
         .iter()
         .find(|m| {
             m.annotations().as_ref().is_some_and(|a| {
-                a.get(oci_spec::image::ANNOTATION_REF_NAME).map(String::as_str) == Some(reference)
+                a.get(oci_spec::image::ANNOTATION_REF_NAME)
+                    .map(String::as_str)
+                    == Some(reference)
                     || a.get(ANNOTATION_IMAGE_NAME).map(String::as_str) == Some(reference)
             })
         })
         .with_context(|| format!("OCI base {}: no image named {reference:?}", path.display()))?;
     let manifest = store.read_manifest(entry.digest())?;
-    let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&store.read_blob(manifest.config().digest())?)?;
+    let config: oci_spec::image::ImageConfiguration =
+        serde_json::from_slice(&store.read_blob(manifest.config().digest())?)?;
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != manifest.layers().len() {
-        bail!("OCI base {}: config lists {} diff_ids for {} layers", path.display(), diff_ids.len(), manifest.layers().len());
+        bail!(
+            "OCI base {}: config lists {} diff_ids for {} layers",
+            path.display(),
+            diff_ids.len(),
+            manifest.layers().len()
+        );
     }
     let mut out = Vec::new();
     for (l, diff) in manifest.layers().iter().zip(diff_ids) {
         let blob = store.blob_path(l.digest());
         if !store.has_blob(l.digest(), l.size()) {
-            bail!("OCI base {}: layer blob {} is missing or has the wrong size", path.display(), l.digest());
+            bail!(
+                "OCI base {}: layer blob {} is missing or has the wrong size",
+                path.display(),
+                l.digest()
+            );
         }
         out.push((
             CachedLayer {
@@ -434,15 +589,34 @@ fn ensure_layer(
         }
         Producer::Jdk(name) => {
             let jdk = &recipe.jdks[name];
-            base::jdk_entries(cache, jdk, &recipe.base, plan.base.as_ref(), epoch, progress)?
+            base::jdk_entries(
+                cache,
+                jdk,
+                &recipe.base,
+                plan.base.as_ref(),
+                epoch,
+                progress,
+            )?
         }
         Producer::Entries(e) => (e.clone(), vec![]),
-        Producer::Dist { version, origin, sha512 } => {
+        Producer::Dist {
+            version,
+            origin,
+            sha512,
+        } => {
             let dl = crate::fetch::fetch(cache, origin, sha512, progress)?;
             let tar = crate::fetch::unpacked_tar(cache, &dl, sha512)?;
-            let raw = layer::read_tar_file(&tar, layer::TarPolicy { allow_devices: false })
-                .with_context(|| format!("Hadoop {version} release tarball {origin}"))?;
-            (base::reroot(raw, 1, &format!("opt/hadoop-{version}"))?, vec![])
+            let raw = layer::read_tar_file(
+                &tar,
+                layer::TarPolicy {
+                    allow_devices: false,
+                },
+            )
+            .with_context(|| format!("Hadoop {version} release tarball {origin}"))?;
+            (
+                base::reroot(raw, 1, &format!("opt/hadoop-{version}"))?,
+                vec![],
+            )
         }
         Producer::Imported(..) => unreachable!("handled above"),
     };
@@ -453,11 +627,13 @@ fn ensure_layer(
     let mut blob = BlobWriter::new(&cache.blob_dir())?;
     let (diff_id, uncompressed, stats) = {
         let mut comp = recipe.compression.writer(&mut blob)?;
-        let mut tee = Tee::new(Counting { inner: &mut *comp, task: &task });
+        let mut tee = Tee::new(Counting {
+            inner: &mut *comp,
+            task: &task,
+        });
         let stats = layer::write_tar(&entries, epoch, &mut tee)?;
         crate::failpoint("layer-write");
         let (d, n) = (tee.digest(), tee.size);
-        drop(tee);
         comp.finish()?;
         (d, n, stats)
     };
@@ -474,7 +650,12 @@ fn ensure_layer(
         private_key,
     };
     cache.write_json(&rec_path, &rec)?;
-    task.finish(format!("{} entries, {} → {}", stats.entries, human(uncompressed), human(info.size)));
+    task.finish(format!(
+        "{} entries, {} → {}",
+        stats.entries,
+        human(uncompressed),
+        human(info.size)
+    ));
     let path = cache.blob_dir().join(info.digest.digest());
     Ok((rec, path, true))
 }
@@ -504,7 +685,11 @@ pub fn human(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
 }
 
 /// `strata build`.
@@ -516,12 +701,17 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
     let recipe = &plan.recipe;
 
     // Every layer the selected images need, built or found, before the store is touched.
-    let needed: BTreeSet<usize> = plan.images.iter().flat_map(|i| i.layers.iter().copied()).collect();
+    let needed: BTreeSet<usize> = plan
+        .images
+        .iter()
+        .flat_map(|i| i.layers.iter().copied())
+        .collect();
     let mut built = 0;
     let mut records: HashMap<usize, (CachedLayer, PathBuf)> = HashMap::new();
     let mut base_entries = None;
     for &idx in &needed {
-        let (rec, blob, was_built) = ensure_layer(&plan, idx, &cache, &progress, &mut base_entries)?;
+        let (rec, blob, was_built) =
+            ensure_layer(&plan, idx, &cache, &progress, &mut base_entries)?;
         built += usize::from(was_built);
         records.insert(idx, (rec, blob));
     }
@@ -529,15 +719,30 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
 
     // Commit.
     let store = Store::ensure(&opts.output)?;
-    let _lock = store.lock(|| progress.say(format!("waiting for another strata process to finish with {}", opts.output.display())))?;
+    let _lock = store.lock(|| {
+        progress.say(format!(
+            "waiting for another strata process to finish with {}",
+            opts.output.display()
+        ))
+    })?;
     store.clean_temp()?;
-    let old_index = if opts.output.join(crate::store::INDEX_JSON).exists() { Some(store.read_index()?) } else { None };
+    let old_index = if opts.output.join(crate::store::INDEX_JSON).exists() {
+        Some(store.read_index()?)
+    } else {
+        None
+    };
     let old_record = match &old_index {
         Some(i) => store.read_record(i).unwrap_or_default(),
         None => StoreRecord::default(),
     };
     for (rec, blob) in records.values() {
-        store.import_blob(blob, &BlobInfo { digest: rec.digest.clone(), size: rec.size })?;
+        store.import_blob(
+            blob,
+            &BlobInfo {
+                digest: rec.digest.clone(),
+                size: rec.size,
+            },
+        )?;
     }
     // Which images of this build use each layer.
     let mut users: HashMap<usize, Vec<String>> = HashMap::new();
@@ -599,30 +804,57 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
         .unwrap_or_default()
         .into_iter()
         .filter(|d| {
-            let name = d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_IMAGE_NAME)).cloned().unwrap_or_default();
+            let name = d
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_IMAGE_NAME))
+                .cloned()
+                .unwrap_or_default();
             !replaced.contains(&name)
         })
         .collect();
     manifests.extend(new_entries);
     manifests.sort_by_key(|d| {
-        let name = d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_IMAGE_NAME)).cloned().unwrap_or_default();
+        let name = d
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_IMAGE_NAME))
+            .cloned()
+            .unwrap_or_default();
         let (repo, tag) = oci::split_name(&name);
-        (repo.to_string(), crate::hadoop::version_key(tag), tag.to_string())
+        (
+            repo.to_string(),
+            crate::hadoop::version_key(tag),
+            tag.to_string(),
+        )
     });
     let mut record = StoreRecord {
         recipes: old_record.recipes.clone(),
-        images: old_record.images.into_iter().filter(|i| !replaced.contains(&i.name)).collect(),
+        images: old_record
+            .images
+            .into_iter()
+            .filter(|i| !replaced.contains(&i.name))
+            .collect(),
         layers: BTreeMap::new(),
     };
-    record.recipes.insert(recipe.name.clone(), recipe.settings());
+    record
+        .recipes
+        .insert(recipe.name.clone(), recipe.settings());
     record.images.extend(new_images);
-    record.images.sort_by_key(|i| (oci::split_name(&i.name).0.to_string(), crate::hadoop::version_key(&i.tag), i.tag.clone()));
+    record.images.sort_by_key(|i| {
+        (
+            oci::split_name(&i.name).0.to_string(),
+            crate::hadoop::version_key(&i.tag),
+            i.tag.clone(),
+        )
+    });
     let mut all_layers: BTreeMap<String, LayerRecord> = old_record.layers;
     for &idx in &needed {
         let r = layer_record(idx);
         all_layers.insert(r.digest.to_string(), r);
     }
-    let referenced: BTreeSet<&String> = record.images.iter().flat_map(|i| i.layers.iter()).collect();
+    let referenced: BTreeSet<&String> =
+        record.images.iter().flat_map(|i| i.layers.iter()).collect();
     for (d, mut r) in all_layers {
         if referenced.contains(&d) {
             r.shared_by = record
@@ -635,7 +867,10 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
         }
     }
     let record_blob = store.put_blob(&canonical_json(&record)?)?;
-    let mut annotations = HashMap::from([(ANNOTATION_RECORD.to_string(), record_blob.digest.to_string())]);
+    let mut annotations = HashMap::from([(
+        ANNOTATION_RECORD.to_string(),
+        record_blob.digest.to_string(),
+    )]);
     if let Some(rev) = git_revision(&recipe.root) {
         annotations.insert(ANNOTATION_REVISION.to_string(), rev);
     }
@@ -667,7 +902,12 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
     Ok(report)
 }
 
-fn image_spec(plan: &Plan, img: &PlannedImage, layers: Vec<LayerRecord>, carries_key: bool) -> ImageSpec {
+fn image_spec(
+    plan: &Plan,
+    img: &PlannedImage,
+    layers: Vec<LayerRecord>,
+    carries_key: bool,
+) -> ImageSpec {
     let recipe = &plan.recipe;
     let mut env: BTreeMap<String, String> = BTreeMap::from([
         ("PATH".into(), "/opt/hadoop/bin:/opt/hadoop/sbin:/opt/java/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
@@ -680,7 +920,10 @@ fn image_spec(plan: &Plan, img: &PlannedImage, layers: Vec<LayerRecord>, carries
         env.insert("HADOOP_VERSION".into(), v.clone());
         labels.insert(oci::LABEL_HADOOP_VERSION.to_string(), v.clone());
         let jdk = recipe.jdk_for(v);
-        labels.insert(oci::LABEL_JDK.to_string(), format!("{} (Java {})", jdk.name, jdk.java_version));
+        labels.insert(
+            oci::LABEL_JDK.to_string(),
+            format!("{} (Java {})", jdk.name, jdk.java_version),
+        );
         if let Some(why) = &recipe.line_choice(v).accept_unsupported {
             labels.insert(oci::LABEL_JDK_UNSUPPORTED.to_string(), why.clone());
         }
@@ -691,7 +934,10 @@ fn image_spec(plan: &Plan, img: &PlannedImage, layers: Vec<LayerRecord>, carries
     if carries_key {
         labels.insert(oci::LABEL_PRIVATE_KEY.to_string(), "true".into());
         if let Some(k) = &plan.cluster_key {
-            labels.insert(oci::LABEL_KEY_FINGERPRINT.to_string(), k.fingerprint.clone());
+            labels.insert(
+                oci::LABEL_KEY_FINGERPRINT.to_string(),
+                k.fingerprint.clone(),
+            );
         }
     }
     ImageSpec {
@@ -704,19 +950,33 @@ fn image_spec(plan: &Plan, img: &PlannedImage, layers: Vec<LayerRecord>, carries
         working_dir: recipe.image.working_dir.clone(),
         user: recipe.image.user.clone(),
         labels,
-        annotations: oci::standard_annotations(img.version.as_deref(), recipe.source_url.as_deref(), recipe.description.as_deref()),
+        annotations: oci::standard_annotations(
+            img.version.as_deref(),
+            recipe.source_url.as_deref(),
+            recipe.description.as_deref(),
+        ),
         epoch: recipe.epoch,
     }
 }
 
 /// The checkout's revision (`-dirty` with local changes), if the recipe is in a git work tree.
 fn git_revision(root: &Path) -> Option<String> {
-    let out = std::process::Command::new("git").arg("-C").arg(root).args(["rev-parse", "HEAD"]).output().ok()?;
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
     let mut rev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let st = std::process::Command::new("git").arg("-C").arg(root).args(["status", "--porcelain", "--untracked-files=no"]).output().ok()?;
+    let st = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .ok()?;
     if !st.stdout.is_empty() {
         rev.push_str("-dirty");
     }
@@ -790,7 +1050,14 @@ pub fn plan(opts: &Options) -> Result<PlanReport> {
         images: plan
             .images
             .iter()
-            .map(|i| PlanImage { name: i.name.clone(), layers: i.layers.iter().map(|&l| plan.layers[l].name.clone()).collect() })
+            .map(|i| PlanImage {
+                name: i.name.clone(),
+                layers: i
+                    .layers
+                    .iter()
+                    .map(|&l| plan.layers[l].name.clone())
+                    .collect(),
+            })
             .collect(),
     })
 }

@@ -45,13 +45,18 @@ impl Cache {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating cache directory {}", dir.join(sub).display()))?;
         }
-        Ok(Cache { root: dir.to_path_buf(), _temp: None })
+        Ok(Cache {
+            root: dir.to_path_buf(),
+            _temp: None,
+        })
     }
 
     /// A throw-away cache (for `--no-cache`), next to `near` so blobs can be hard-linked.
     pub fn temporary(near: &Path) -> Result<Cache> {
         std::fs::create_dir_all(near)?;
-        let t = tempfile::Builder::new().prefix(".strata-nocache-").tempdir_in(near)?;
+        let t = tempfile::Builder::new()
+            .prefix(".strata-nocache-")
+            .tempdir_in(near)?;
         let mut c = Cache::open(t.path())?;
         c._temp = Some(t);
         Ok(c)

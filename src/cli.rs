@@ -33,7 +33,13 @@ Exit codes: 0 ok, 1 failure, 2 bad input (recipe, arguments, tarball), 3 checksu
 #[command(name = "strata", version, about = "Build reproducible, content-addressed OCI images for many Hadoop versions from declarative recipes", after_help = AFTER_HELP)]
 pub struct Cli {
     /// The store (an OCI image layout) every command reads or writes.
-    #[arg(short, long, global = true, default_value = "output", value_name = "DIR")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "output",
+        value_name = "DIR"
+    )]
     pub output: PathBuf,
     /// Print one machine-readable JSON document on stdout.
     #[arg(long, global = true)]
@@ -64,8 +70,10 @@ pub struct RecipeArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build every image of a recipe into the store.
-    #[command(after_help = "A layer whose inputs did not change is taken from the cache; a no-op rebuild \
-compresses nothing. The store is updated atomically at the end: a failed build leaves it as it was.")]
+    #[command(
+        after_help = "A layer whose inputs did not change is taken from the cache; a no-op rebuild \
+compresses nothing. The store is updated atomically at the end: a failed build leaves it as it was."
+    )]
     Build {
         #[command(flatten)]
         recipe: RecipeArgs,
@@ -131,14 +139,26 @@ fn short(d: &str) -> &str {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Command::Build { recipe, refresh_base } => {
+        Command::Build {
+            recipe,
+            refresh_base,
+        } => {
             let rep = build::build(&options(&cli, recipe, *refresh_base))?;
             if cli.json {
                 return print_json(&rep);
             }
             for i in &rep.images {
-                let key = if i.carries_private_key { "  [carries the cluster SSH private key]" } else { "" };
-                println!("{:<28} {}  {:>10}{key}", i.name, short(&i.manifest), human(i.size));
+                let key = if i.carries_private_key {
+                    "  [carries the cluster SSH private key]"
+                } else {
+                    ""
+                };
+                println!(
+                    "{:<28} {}  {:>10}{key}",
+                    i.name,
+                    short(&i.manifest),
+                    human(i.size)
+                );
             }
             println!(
                 "{} images, {} layers ({} built, {} cached) in {:.1}s → {}",
@@ -156,14 +176,26 @@ pub fn run(cli: Cli) -> Result<()> {
                 return print_json(&rep);
             }
             if !rep.base_ready {
-                println!("base: not built yet (the first build runs mmdebstrap; keys of layers derived from it are provisional)");
+                println!(
+                    "base: not built yet (the first build runs mmdebstrap; keys of layers derived from it are provisional)"
+                );
             }
-            println!("{:<24} {:<8} {:>10} {:>10}  used by", "LAYER", "STATE", "SIZE", "UNPACKED");
+            println!(
+                "{:<24} {:<8} {:>10} {:>10}  used by",
+                "LAYER", "STATE", "SIZE", "UNPACKED"
+            );
             for l in &rep.layers {
                 let size = l.size.map(human).unwrap_or_else(|| "-".into());
                 let unc = l.uncompressed_size.map(human).unwrap_or_else(|| "-".into());
                 let state = if l.cached { "cached" } else { "build" };
-                println!("{:<24} {:<8} {:>10} {:>10}  {} image(s)", l.name, state, size, unc, l.used_by.len());
+                println!(
+                    "{:<24} {:<8} {:>10} {:>10}  {} image(s)",
+                    l.name,
+                    state,
+                    size,
+                    unc,
+                    l.used_by.len()
+                );
             }
         }
         Command::Ls => {
@@ -171,10 +203,17 @@ pub fn run(cli: Cli) -> Result<()> {
             if cli.json {
                 return print_json(&rows);
             }
-            println!("{:<26} {:<12} {:>10} {:>10} {:>6}  JDK", "IMAGE", "DIGEST", "SIZE", "UNPACKED", "LAYERS");
+            println!(
+                "{:<26} {:<12} {:>10} {:>10} {:>6}  JDK",
+                "IMAGE", "DIGEST", "SIZE", "UNPACKED", "LAYERS"
+            );
             for r in rows {
                 let unc = r.uncompressed_size.map(human).unwrap_or_else(|| "-".into());
-                let key = if r.carries_private_key { "  (carries private key)" } else { "" };
+                let key = if r.carries_private_key {
+                    "  (carries private key)"
+                } else {
+                    ""
+                };
                 println!(
                     "{:<26} {:<12} {:>10} {:>10} {:>6}  {}{key}",
                     r.name,
@@ -198,22 +237,50 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("created   {c}");
             }
             if i.carries_private_key {
-                println!("WARNING   carries the cluster SSH private key: never publish it publicly");
+                println!(
+                    "WARNING   carries the cluster SSH private key: never publish it publicly"
+                );
             }
             for (k, v) in &i.labels {
                 println!("label     {k}={v}");
             }
-            println!("\n{:<3} {:<22} {:<12} {:>10} {:>10}  shared with", "#", "LAYER", "DIGEST", "SIZE", "UNPACKED");
+            println!(
+                "\n{:<3} {:<22} {:<12} {:>10} {:>10}  shared with",
+                "#", "LAYER", "DIGEST", "SIZE", "UNPACKED"
+            );
             for (n, l) in i.layers.iter().enumerate() {
                 let unc = l.uncompressed_size.map(human).unwrap_or_else(|| "-".into());
-                let shared = if l.shared_with.is_empty() { "-".to_string() } else { format!("{} image(s): {}", l.shared_with.len(), l.shared_with.join(", ")) };
-                println!("{:<3} {:<22} {:<12} {:>10} {:>10}  {shared}", n, l.name.as_deref().unwrap_or("?"), short(&l.digest), human(l.size), unc);
+                let shared = if l.shared_with.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!(
+                        "{} image(s): {}",
+                        l.shared_with.len(),
+                        l.shared_with.join(", ")
+                    )
+                };
+                println!(
+                    "{:<3} {:<22} {:<12} {:>10} {:>10}  {shared}",
+                    n,
+                    l.name.as_deref().unwrap_or("?"),
+                    short(&l.digest),
+                    human(l.size),
+                    unc
+                );
             }
             if !i.packages.is_empty() {
                 println!("\n{} Debian packages:", i.packages.len());
-                let line: Vec<String> = i.packages.iter().map(|(p, v)| format!("{p} {v}")).collect();
+                let line: Vec<String> =
+                    i.packages.iter().map(|(p, v)| format!("{p} {v}")).collect();
                 for chunk in line.chunks(3) {
-                    println!("  {}", chunk.iter().map(|s| format!("{s:<40}")).collect::<String>().trim_end());
+                    println!(
+                        "  {}",
+                        chunk
+                            .iter()
+                            .map(|s| format!("{s:<40}"))
+                            .collect::<String>()
+                            .trim_end()
+                    );
                 }
             }
         }
@@ -280,7 +347,11 @@ pub fn run(cli: Cli) -> Result<()> {
             if cli.json {
                 return print_json(&rep);
             }
-            let verb = if rep.dry_run { "would remove" } else { "removed" };
+            let verb = if rep.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            };
             println!(
                 "{verb} {} blob(s) ({}) and {} temp file(s); kept {}",
                 rep.removed_blobs,
@@ -289,12 +360,21 @@ pub fn run(cli: Cli) -> Result<()> {
                 rep.kept_blobs
             );
         }
-        Command::Export { images, oci_archive } => {
+        Command::Export {
+            images,
+            oci_archive,
+        } => {
             let rep = inspect::export_oci_archive(&cli.output, images, oci_archive)?;
             if cli.json {
                 return print_json(&rep);
             }
-            println!("{} image(s), {} blobs ({}) → {}", rep.images.len(), rep.blobs, human(rep.bytes), rep.file.display());
+            println!(
+                "{} image(s), {} blobs ({}) → {}",
+                rep.images.len(),
+                rep.blobs,
+                human(rep.bytes),
+                rep.file.display()
+            );
         }
     }
     Ok(())

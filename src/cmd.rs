@@ -56,11 +56,18 @@ fn describe(cmd: &Command) -> String {
 pub fn run(mut cmd: Command, mut on_line: impl FnMut(&str)) -> Result<()> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     if !program.contains('/') && !have(&program) {
-        bail!("`{program}` is not installed: install the Debian package {}", package_of(&program));
+        bail!(
+            "`{program}` is not installed: install the Debian package {}",
+            package_of(&program)
+        );
     }
     let line = describe(&cmd);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| anyhow::anyhow!("starting `{line}`: {e}"))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting `{line}`: {e}"))?;
     let mut stdout = child.stdout.take().expect("piped stdout");
     let out_thread = std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -82,7 +89,10 @@ pub fn run(mut cmd: Command, mut on_line: impl FnMut(&str)) -> Result<()> {
     let _ = out_thread.join();
     if !status.success() {
         let tail: Vec<String> = tail.into_iter().collect();
-        bail!("`{line}` failed ({status}); the end of its output:\n{}", tail.join("\n"));
+        bail!(
+            "`{line}` failed ({status}); the end of its output:\n{}",
+            tail.join("\n")
+        );
     }
     Ok(())
 }

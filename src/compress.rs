@@ -94,17 +94,26 @@ pub trait FinishWrite: Write {
 }
 
 fn worker_count() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
 }
 
 struct ZstdWriter<W: Write>(Option<zstd::Encoder<'static, W>>);
 
 impl<W: Write> Write for ZstdWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.as_mut().expect("zstd writer used after finish").write(buf)
+        self.0
+            .as_mut()
+            .expect("zstd writer used after finish")
+            .write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.as_mut().expect("zstd writer used after finish").flush()
+        self.0
+            .as_mut()
+            .expect("zstd writer used after finish")
+            .flush()
     }
 }
 
@@ -204,7 +213,8 @@ impl<W: Write> ParallelGzip<W> {
     fn write_header(&mut self) -> io::Result<()> {
         if !self.header_written {
             // ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=255 (unknown): no host-dependent field.
-            self.inner.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff])?;
+            self.inner
+                .write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff])?;
             self.header_written = true;
         }
         Ok(())
@@ -331,7 +341,9 @@ mod tests {
         let four = gzip(&data, 4);
         assert_eq!(one, four, "output must not depend on the thread count");
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&one[..]).read_to_end(&mut back).unwrap();
+        flate2::read::GzDecoder::new(&one[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, data);
     }
 
@@ -339,7 +351,9 @@ mod tests {
     fn empty_input_is_a_valid_gzip() {
         let out = gzip(&[], 2);
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut back).unwrap();
+        flate2::read::GzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert!(back.is_empty());
     }
 

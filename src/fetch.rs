@@ -42,25 +42,33 @@ pub fn fetch(cache: &Cache, origin: &Origin, sha512: &str, progress: &Progress) 
     if dest.is_file() {
         return Ok(dest);
     }
-    let mut tmp = tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(&dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempfile_in(&dir)?;
     let task = progress.task(format!("fetching {origin}"), None);
     let mut hasher = Sha512::new();
     {
         let mut reader: Box<dyn Read> = match origin {
-            Origin::Path(p) => Box::new(File::open(p).with_context(|| format!("opening {}", p.display()))?),
+            Origin::Path(p) => {
+                Box::new(File::open(p).with_context(|| format!("opening {}", p.display()))?)
+            }
             Origin::Url(u) if u.starts_with("file://") => {
                 let p = &u["file://".len()..];
                 Box::new(File::open(p).with_context(|| format!("opening {p}"))?)
             }
             Origin::Url(u) => {
-                let resp = ureq::get(u).call().with_context(|| format!("downloading {u}"))?;
+                let resp = ureq::get(u)
+                    .call()
+                    .with_context(|| format!("downloading {u}"))?;
                 Box::new(resp.into_body().into_reader())
             }
         };
         let mut buf = vec![0u8; 1 << 20];
         let out = tmp.as_file_mut();
         loop {
-            let n = reader.read(&mut buf).with_context(|| format!("reading {origin}"))?;
+            let n = reader
+                .read(&mut buf)
+                .with_context(|| format!("reading {origin}"))?;
             if n == 0 {
                 break;
             }
@@ -73,7 +81,12 @@ pub fn fetch(cache: &Cache, origin: &Origin, sha512: &str, progress: &Progress) 
     let found = hex::encode(hasher.finalize());
     if found != sha512 {
         task.finish("checksum mismatch");
-        return Err(ChecksumMismatch { what: origin.to_string(), expected: sha512.into(), found }.into());
+        return Err(ChecksumMismatch {
+            what: origin.to_string(),
+            expected: sha512.into(),
+            found,
+        }
+        .into());
     }
     tmp.persist(&dest)?;
     task.finish("verified");
@@ -94,12 +107,21 @@ pub fn unpacked_tar(cache: &Cache, download: &Path, sha512: &str) -> Result<Path
     let mut reader: Box<dyn Read> = match &magic[..n] {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(f))),
         [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::new(f)?),
-        [0xfd, b'7', b'z', b'X'] => bail!("{}: xz tarballs are not supported; use .tar.gz or .tar.zst", download.display()),
+        [0xfd, b'7', b'z', b'X'] => bail!(
+            "{}: xz tarballs are not supported; use .tar.gz or .tar.zst",
+            download.display()
+        ),
         _ => Box::new(f),
     };
-    let mut tmp = tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(dest.parent().expect("tars dir"))?;
-    io::copy(&mut reader, tmp.as_file_mut())
-        .with_context(|| format!("decompressing {} (truncated or corrupt?)", download.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempfile_in(dest.parent().expect("tars dir"))?;
+    io::copy(&mut reader, tmp.as_file_mut()).with_context(|| {
+        format!(
+            "decompressing {} (truncated or corrupt?)",
+            download.display()
+        )
+    })?;
     tmp.persist(&dest)?;
     Ok(dest)
 }

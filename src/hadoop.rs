@@ -39,6 +39,8 @@ pub struct DistFacts {
     pub checksum_source: Option<String>,
     #[serde(default)]
     pub sha512_note: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -78,11 +80,21 @@ pub struct EnvFacts {
     pub mapred_log_dir: Option<String>,
     pub source: String,
     #[serde(default)]
-    pub daemon_opts: BTreeMap<String, String>,
+    pub daemon_opts: RoleVars,
     #[serde(default)]
-    pub daemon_heap: BTreeMap<String, String>,
+    pub daemon_heap: RoleVars,
     #[serde(default)]
-    pub daemon_users: BTreeMap<String, String>,
+    pub daemon_users: RoleVars,
+}
+
+/// Variable names per daemon role (`namenode = "HDFS_NAMENODE_OPTS"`), with their source.
+/// Templates see only the roles.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RoleVars {
+    #[serde(default, skip_serializing)]
+    pub source: Option<String>,
+    #[serde(flatten)]
+    pub roles: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -137,16 +149,29 @@ impl Facts {
     }
 
     pub fn major(&self) -> u32 {
-        self.version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0)
+        self.version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
     }
 
     fn check(&self, file: &Path) -> Result<()> {
         let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         if stem != self.version {
-            bail!("{}: version {:?} does not match the file name", file.display(), self.version);
+            bail!(
+                "{}: version {:?} does not match the file name",
+                file.display(),
+                self.version
+            );
         }
         if line_of(&self.version) != self.line {
-            bail!("{}: line {:?} does not match version {}", file.display(), self.line, self.version);
+            bail!(
+                "{}: line {:?} does not match version {}",
+                file.display(),
+                self.line,
+                self.version
+            );
         }
         for name in PORT_NAMES {
             if self.port(name).is_none() {
@@ -154,7 +179,10 @@ impl Facts {
             }
         }
         if !["workers", "slaves"].contains(&self.layout.workers_file.as_str()) {
-            bail!("{}: layout.workers-file must be \"workers\" or \"slaves\"", file.display());
+            bail!(
+                "{}: layout.workers-file must be \"workers\" or \"slaves\"",
+                file.display()
+            );
         }
         if let Some(s) = &self.dist.sha512
             && (s.len() != 128 || !s.chars().all(|c| c.is_ascii_hexdigit()))
@@ -191,14 +219,21 @@ impl Catalogue {
             if p.extension().and_then(|x| x.to_str()) != Some("toml") {
                 continue;
             }
-            let src = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let src =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             let facts = parse(&p, &src)?;
             releases.insert(facts.version.clone(), facts);
         }
         if releases.is_empty() {
-            bail!("the Hadoop catalogue {} holds no *.toml file", dir.display());
+            bail!(
+                "the Hadoop catalogue {} holds no *.toml file",
+                dir.display()
+            );
         }
-        Ok(Catalogue { dir: dir.to_path_buf(), releases })
+        Ok(Catalogue {
+            dir: dir.to_path_buf(),
+            releases,
+        })
     }
 
     /// All versions, oldest first.
@@ -223,7 +258,10 @@ impl Catalogue {
 /// Parses one catalogue file (no I/O).
 pub fn parse(file: &Path, src: &str) -> Result<Facts> {
     let facts: Facts = toml::from_str(src).map_err(|e| {
-        let line = e.span().map(|s| src[..s.start].matches('\n').count() + 1).unwrap_or(1);
+        let line = e
+            .span()
+            .map(|s| src[..s.start].matches('\n').count() + 1)
+            .unwrap_or(1);
         anyhow::anyhow!("{}:{line}: {}", file.display(), e.message())
     })?;
     facts.check(file)?;

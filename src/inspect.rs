@@ -8,14 +8,18 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use oci_spec::image::{Descriptor, Digest, ImageConfiguration, ImageIndexBuilder, ImageManifest, MediaType};
+use oci_spec::image::{
+    Descriptor, Digest, ImageConfiguration, ImageIndexBuilder, ImageManifest, MediaType,
+};
 use serde::Serialize;
 
 use crate::BadInput;
 use crate::compress::Compression;
 use crate::layer::for_each_in_tar;
 use crate::oci::split_name;
-use crate::store::{ANNOTATION_IMAGE_NAME, ImageRecord, LayerRecord, Store, StoreRecord, TMP_PREFIX, hash_reader};
+use crate::store::{
+    ANNOTATION_IMAGE_NAME, ImageRecord, LayerRecord, Store, StoreRecord, TMP_PREFIX, hash_reader,
+};
 
 /// `verify` found problems.
 #[derive(Debug, thiserror::Error)]
@@ -34,36 +38,67 @@ impl View {
         let store = Store::open(root)?;
         let index = store.read_index()?;
         let record = store.read_record(&index)?;
-        Ok(View { store, index, record })
+        Ok(View {
+            store,
+            index,
+            record,
+        })
     }
 
     fn entry_name(d: &Descriptor) -> String {
-        d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_IMAGE_NAME)).cloned().unwrap_or_else(|| {
-            d.annotations()
-                .as_ref()
-                .and_then(|a| a.get(oci_spec::image::ANNOTATION_REF_NAME))
-                .cloned()
-                .unwrap_or_else(|| d.digest().to_string())
-        })
+        d.annotations()
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_IMAGE_NAME))
+            .cloned()
+            .unwrap_or_else(|| {
+                d.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(oci_spec::image::ANNOTATION_REF_NAME))
+                    .cloned()
+                    .unwrap_or_else(|| d.digest().to_string())
+            })
     }
 
     /// Finds an image by full name, by tag when unambiguous, or by manifest digest.
     pub fn find(&self, query: &str) -> Result<(String, Descriptor)> {
-        let all: Vec<(String, &Descriptor)> = self.index.manifests().iter().map(|d| (Self::entry_name(d), d)).collect();
+        let all: Vec<(String, &Descriptor)> = self
+            .index
+            .manifests()
+            .iter()
+            .map(|d| (Self::entry_name(d), d))
+            .collect();
         let hits: Vec<&(String, &Descriptor)> = all
             .iter()
-            .filter(|(n, d)| n == query || split_name(n).1 == query || d.digest().to_string() == query || d.digest().digest().starts_with(query.trim_start_matches("sha256:")) && query.len() >= 12)
+            .filter(|(n, d)| {
+                n == query
+                    || split_name(n).1 == query
+                    || d.digest().to_string() == query
+                    || d.digest()
+                        .digest()
+                        .starts_with(query.trim_start_matches("sha256:"))
+                        && query.len() >= 12
+            })
             .collect();
         match hits.as_slice() {
             [(n, d)] => Ok((n.clone(), (*d).clone())),
             [] => {
                 let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
-                let hint = crate::recipe::nearest(query, &names).map(|n| format!(" Did you mean {n}?")).unwrap_or_default();
-                Err(BadInput(format!("no image {query:?} in {}; it holds: {}.{hint}", self.store.root.display(), names.join(", "))).into())
+                let hint = crate::recipe::nearest(query, &names)
+                    .map(|n| format!(" Did you mean {n}?"))
+                    .unwrap_or_default();
+                Err(BadInput(format!(
+                    "no image {query:?} in {}; it holds: {}.{hint}",
+                    self.store.root.display(),
+                    names.join(", ")
+                ))
+                .into())
             }
             many => Err(BadInput(format!(
                 "{query:?} matches several images: {}",
-                many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
             .into()),
         }
@@ -75,7 +110,8 @@ impl View {
 
     pub fn config(&self, m: &ImageManifest) -> Result<ImageConfiguration> {
         let data = self.store.read_blob(m.config().digest())?;
-        serde_json::from_slice(&data).with_context(|| format!("parsing config {}", m.config().digest()))
+        serde_json::from_slice(&data)
+            .with_context(|| format!("parsing config {}", m.config().digest()))
     }
 
     fn image_record(&self, name: &str) -> Option<&ImageRecord> {
@@ -109,7 +145,11 @@ pub fn ls(root: &Path) -> Result<Vec<LsRow>> {
         let name = View::entry_name(d);
         let m = v.manifest(d)?;
         let rec = v.image_record(&name);
-        let unc: Option<u64> = m.layers().iter().map(|l| v.layer_record(l.digest()).map(|r| r.uncompressed_size)).sum();
+        let unc: Option<u64> = m
+            .layers()
+            .iter()
+            .map(|l| v.layer_record(l.digest()).map(|r| r.uncompressed_size))
+            .sum();
         rows.push(LsRow {
             name: name.clone(),
             digest: d.digest().to_string(),
@@ -168,7 +208,10 @@ pub fn inspect(root: &Path, image: &str) -> Result<Inspection> {
             continue;
         }
         for l in v.manifest(other)?.layers() {
-            users.entry(l.digest().to_string()).or_default().push(oname.clone());
+            users
+                .entry(l.digest().to_string())
+                .or_default()
+                .push(oname.clone());
         }
     }
     let mut packages = Vec::new();
@@ -183,7 +226,10 @@ pub fn inspect(root: &Path, image: &str) -> Result<Inspection> {
             }
             InspectLayer {
                 name: rec.map(|r| r.name.clone()).or_else(|| {
-                    l.annotations().as_ref().and_then(|a| a.get(crate::oci::ANNOTATION_LAYER_NAME)).cloned()
+                    l.annotations()
+                        .as_ref()
+                        .and_then(|a| a.get(crate::oci::ANNOTATION_LAYER_NAME))
+                        .cloned()
                 }),
                 digest: l.digest().to_string(),
                 diff_id: diff.clone(),
@@ -196,7 +242,8 @@ pub fn inspect(root: &Path, image: &str) -> Result<Inspection> {
         })
         .collect();
     let c = cfg.config().clone().unwrap_or_default();
-    let labels: BTreeMap<String, String> = c.labels().clone().unwrap_or_default().into_iter().collect();
+    let labels: BTreeMap<String, String> =
+        c.labels().clone().unwrap_or_default().into_iter().collect();
     packages.sort();
     packages.dedup_by(|a, b| a.0 == b.0);
     Ok(Inspection {
@@ -204,7 +251,9 @@ pub fn inspect(root: &Path, image: &str) -> Result<Inspection> {
         manifest: d.digest().to_string(),
         config: m.config().digest().to_string(),
         created: cfg.created().clone(),
-        carries_private_key: labels.get(crate::oci::LABEL_PRIVATE_KEY).is_some_and(|v| v == "true"),
+        carries_private_key: labels
+            .get(crate::oci::LABEL_PRIVATE_KEY)
+            .is_some_and(|v| v == "true"),
         labels,
         env: c.env().clone().unwrap_or_default(),
         cmd: c.cmd().clone(),
@@ -243,10 +292,20 @@ fn layer_files(store: &Store, l: &Descriptor) -> Result<BTreeMap<String, String>
     let mut out = BTreeMap::new();
     for_each_in_tar(r, |p, h, data| {
         let (d, n) = hash_reader(data)?;
-        let link = h.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let link = h
+            .link_name_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         out.insert(
             p.to_string(),
-            format!("{:?} {:o} {}:{} {n} {} {link}", h.entry_type(), h.mode()?, h.uid()?, h.gid()?, d.digest()),
+            format!(
+                "{:?} {:o} {}:{} {n} {} {link}",
+                h.entry_type(),
+                h.mode()?,
+                h.uid()?,
+                h.gid()?,
+                d.digest()
+            ),
         );
         Ok(())
     })?;
@@ -260,7 +319,9 @@ pub fn diff(root: &Path, a: &str, b: &str) -> Result<DiffReport> {
     let am = v.manifest(&ad)?;
     let bm = v.manifest(&bd)?;
     let name_of = |l: &Descriptor| {
-        v.layer_record(l.digest()).map(|r| r.name.clone()).unwrap_or_else(|| l.digest().to_string())
+        v.layer_record(l.digest())
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| l.digest().to_string())
     };
     let n = am.layers().len().max(bm.layers().len());
     let mut layers = Vec::new();
@@ -270,8 +331,14 @@ pub fn diff(root: &Path, a: &str, b: &str) -> Result<DiffReport> {
         let shared = matches!((la, lb), (Some(x), Some(y)) if x.digest() == y.digest());
         let (mut added, mut removed, mut changed) = (vec![], vec![], vec![]);
         if !shared {
-            let fa = la.map(|l| layer_files(&v.store, l)).transpose()?.unwrap_or_default();
-            let fb = lb.map(|l| layer_files(&v.store, l)).transpose()?.unwrap_or_default();
+            let fa = la
+                .map(|l| layer_files(&v.store, l))
+                .transpose()?
+                .unwrap_or_default();
+            let fb = lb
+                .map(|l| layer_files(&v.store, l))
+                .transpose()?
+                .unwrap_or_default();
             for (p, da) in &fa {
                 match fb.get(p) {
                     None => removed.push(p.clone()),
@@ -279,11 +346,27 @@ pub fn diff(root: &Path, a: &str, b: &str) -> Result<DiffReport> {
                     _ => {}
                 }
             }
-            added = fb.keys().filter(|p| !fa.contains_key(*p)).cloned().collect();
+            added = fb
+                .keys()
+                .filter(|p| !fa.contains_key(*p))
+                .cloned()
+                .collect();
         }
-        layers.push(LayerDiff { position: i, a: la.map(name_of), b: lb.map(name_of), shared, added, removed, changed });
+        layers.push(LayerDiff {
+            position: i,
+            a: la.map(name_of),
+            b: lb.map(name_of),
+            shared,
+            added,
+            removed,
+            changed,
+        });
     }
-    Ok(DiffReport { a: an, b: bn, layers })
+    Ok(DiffReport {
+        a: an,
+        b: bn,
+        layers,
+    })
 }
 
 // ------------------------------------------------------------------------------------- verify
@@ -316,7 +399,8 @@ pub fn verify(root: &Path) -> Result<VerifyReport> {
         rep.blobs += 1;
         rep.bytes += n;
         if d.digest() != name {
-            rep.problems.push(format!("blob {name} has digest {d} (corrupt)"));
+            rep.problems
+                .push(format!("blob {name} has digest {d} (corrupt)"));
         }
         present.insert(name);
     }
@@ -332,20 +416,34 @@ pub fn verify(root: &Path) -> Result<VerifyReport> {
         let p = store.blob_path(d.digest());
         match std::fs::metadata(&p) {
             Err(_) => {
-                rep.problems.push(format!("{what}: blob {} is missing", d.digest()));
+                rep.problems
+                    .push(format!("{what}: blob {} is missing", d.digest()));
                 false
             }
             Ok(m) if m.len() != d.size() => {
-                rep.problems.push(format!("{what}: blob {} is {} bytes, descriptor says {}", d.digest(), m.len(), d.size()));
+                rep.problems.push(format!(
+                    "{what}: blob {} is {} bytes, descriptor says {}",
+                    d.digest(),
+                    m.len(),
+                    d.size()
+                ));
                 false
             }
             Ok(_) => true,
         }
     };
-    if let Some(r) = index.annotations().as_ref().and_then(|a| a.get(crate::store::ANNOTATION_RECORD)) {
-        let ok = r.parse::<Digest>().ok().is_some_and(|d| present.contains(d.digest()));
+    if let Some(r) = index
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(crate::store::ANNOTATION_RECORD))
+    {
+        let ok = r
+            .parse::<Digest>()
+            .ok()
+            .is_some_and(|d| present.contains(d.digest()));
         if !ok {
-            rep.problems.push(format!("the store record {r} is missing"));
+            rep.problems
+                .push(format!("the store record {r} is missing"));
         }
     }
     for d in index.manifests() {
@@ -364,7 +462,10 @@ pub fn verify(root: &Path) -> Result<VerifyReport> {
         if !check_blob(&mut rep, &format!("{name} config"), m.config()) {
             continue;
         }
-        let cfg: ImageConfiguration = match store.read_blob(m.config().digest()).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
+        let cfg: ImageConfiguration = match store
+            .read_blob(m.config().digest())
+            .and_then(|b| Ok(serde_json::from_slice(&b)?))
+        {
             Ok(c) => c,
             Err(e) => {
                 rep.problems.push(format!("{name} config: {e:#}"));
@@ -372,7 +473,11 @@ pub fn verify(root: &Path) -> Result<VerifyReport> {
             }
         };
         if cfg.rootfs().diff_ids().len() != m.layers().len() {
-            rep.problems.push(format!("{name}: {} layers but {} diff_ids", m.layers().len(), cfg.rootfs().diff_ids().len()));
+            rep.problems.push(format!(
+                "{name}: {} layers but {} diff_ids",
+                m.layers().len(),
+                cfg.rootfs().diff_ids().len()
+            ));
             continue;
         }
         for (l, want) in m.layers().iter().zip(cfg.rootfs().diff_ids()) {
@@ -402,7 +507,9 @@ pub fn verify(root: &Path) -> Result<VerifyReport> {
                 }
             };
             if got.to_string() != *want {
-                rep.problems.push(format!("{name}: layer {key} has diff_id {got}, config says {want}"));
+                rep.problems.push(format!(
+                    "{name}: layer {key} has diff_id {got}, config says {want}"
+                ));
             }
         }
     }
@@ -418,7 +525,11 @@ fn finish(rep: VerifyReport) -> Result<VerifyReport> {
 
 /// Turns a report with problems into the error that sets the exit code.
 pub fn damaged(rep: &VerifyReport) -> Result<()> {
-    if rep.problems.is_empty() { Ok(()) } else { Err(Damaged(rep.problems.clone()).into()) }
+    if rep.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Damaged(rep.problems.clone()).into())
+    }
 }
 
 // ----------------------------------------------------------------------------------------- gc
@@ -436,10 +547,21 @@ pub struct GcReport {
 /// Removes blobs the index does not reach, and temp files of interrupted writes.
 pub fn gc(root: &Path, dry_run: bool) -> Result<GcReport> {
     let store = Store::open(root)?;
-    let _lock = store.lock(|| eprintln!("waiting for another strata process to finish with {}", root.display()))?;
+    let _lock = store.lock(|| {
+        eprintln!(
+            "waiting for another strata process to finish with {}",
+            root.display()
+        )
+    })?;
     let index = store.read_index()?;
     let reach = store.reachable(&index)?;
-    let mut rep = GcReport { removed_blobs: 0, removed_bytes: 0, removed_temp_files: 0, kept_blobs: 0, dry_run };
+    let mut rep = GcReport {
+        removed_blobs: 0,
+        removed_bytes: 0,
+        removed_temp_files: 0,
+        kept_blobs: 0,
+        dry_run,
+    };
     for (name, size) in store.blob_names()? {
         if reach.contains(&name) {
             rep.kept_blobs += 1;
@@ -483,7 +605,11 @@ struct DockerManifest {
 pub fn export_oci_archive(root: &Path, images: &[String], file: &Path) -> Result<ExportReport> {
     let v = View::open(root)?;
     let chosen: Vec<(String, Descriptor)> = if images.is_empty() {
-        v.index.manifests().iter().map(|d| (View::entry_name(d), d.clone())).collect()
+        v.index
+            .manifests()
+            .iter()
+            .map(|d| (View::entry_name(d), d.clone()))
+            .collect()
     } else {
         images.iter().map(|q| v.find(q)).collect::<Result<_>>()?
     };
@@ -499,7 +625,11 @@ pub fn export_oci_archive(root: &Path, images: &[String], file: &Path) -> Result
         docker.push(DockerManifest {
             config: format!("blobs/sha256/{}", m.config().digest().digest()),
             repo_tags: vec![name.clone()],
-            layers: m.layers().iter().map(|l| format!("blobs/sha256/{}", l.digest().digest())).collect(),
+            layers: m
+                .layers()
+                .iter()
+                .map(|l| format!("blobs/sha256/{}", l.digest().digest()))
+                .collect(),
         });
     }
     let index = ImageIndexBuilder::default()
@@ -514,17 +644,31 @@ pub fn export_oci_archive(root: &Path, images: &[String], file: &Path) -> Result
         .filter_map(|r| r.get("epoch").and_then(|e| e.as_u64()))
         .max()
         .unwrap_or(0);
-    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(dir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempfile_in(dir)?;
     let mut bytes = 0;
     {
         let mut out = std::io::BufWriter::new(tmp.as_file());
         let mut b = tar::Builder::new(&mut out);
-        let add = |b: &mut tar::Builder<_>, path: &str, data: &mut dyn Read, size: u64, dir: bool| -> Result<()> {
+        let add = |b: &mut tar::Builder<_>,
+                   path: &str,
+                   data: &mut dyn Read,
+                   size: u64,
+                   dir: bool|
+         -> Result<()> {
             let mut h = tar::Header::new_ustar();
             h.set_path(path)?;
-            h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+            h.set_entry_type(if dir {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            });
             h.set_mode(if dir { 0o755 } else { 0o644 });
             h.set_size(size);
             h.set_mtime(epoch);
@@ -543,16 +687,40 @@ pub fn export_oci_archive(root: &Path, images: &[String], file: &Path) -> Result
             add(&mut b, &format!("blobs/sha256/{hex}"), &mut f, *size, false)?;
             bytes += size;
         }
-        add(&mut b, "index.json", &mut &index_json[..], index_json.len() as u64, false)?;
-        add(&mut b, "manifest.json", &mut &docker_json[..], docker_json.len() as u64, false)?;
-        add(&mut b, "oci-layout", &mut &layout[..], layout.len() as u64, false)?;
+        add(
+            &mut b,
+            "index.json",
+            &mut &index_json[..],
+            index_json.len() as u64,
+            false,
+        )?;
+        add(
+            &mut b,
+            "manifest.json",
+            &mut &docker_json[..],
+            docker_json.len() as u64,
+            false,
+        )?;
+        add(
+            &mut b,
+            "oci-layout",
+            &mut &layout[..],
+            layout.len() as u64,
+            false,
+        )?;
         b.finish()?;
         drop(b);
         out.flush()?;
     }
     tmp.as_file().sync_all()?;
-    tmp.persist(file).with_context(|| format!("writing {}", file.display()))?;
-    Ok(ExportReport { file: file.to_path_buf(), images: chosen.into_iter().map(|(n, _)| n).collect(), blobs: blobs.len(), bytes })
+    tmp.persist(file)
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok(ExportReport {
+        file: file.to_path_buf(),
+        images: chosen.into_iter().map(|(n, _)| n).collect(),
+        blobs: blobs.len(),
+        bytes,
+    })
 }
 
 /// Fails unless `names` are images of the store (for commands that take several).

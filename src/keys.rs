@@ -105,7 +105,10 @@ pub fn load(path: &Path) -> Result<ClusterKey> {
     let key = PrivateKey::from_openssh(&data)
         .map_err(|_| anyhow::anyhow!("{} is not an OpenSSH private key", path.display()))?;
     if key.is_encrypted() {
-        bail!("{} is encrypted: cluster nodes need an unencrypted key", path.display());
+        bail!(
+            "{} is encrypted: cluster nodes need an unencrypted key",
+            path.display()
+        );
     }
     let public_openssh = key.public_key().to_openssh()?;
     Ok(ClusterKey {

@@ -37,9 +37,16 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 pub enum Content {
     Bytes(Arc<Vec<u8>>),
     /// `len` bytes at `offset` of a file (an entry inside an input tarball).
-    Range { file: Arc<PathBuf>, offset: u64, len: u64 },
+    Range {
+        file: Arc<PathBuf>,
+        offset: u64,
+        len: u64,
+    },
     /// A whole file on disk (read when the layer is written; `len` checked then).
-    Path { path: PathBuf, len: u64 },
+    Path {
+        path: PathBuf,
+        len: u64,
+    },
 }
 
 impl Content {
@@ -134,11 +141,25 @@ pub struct Entry {
 
 impl Entry {
     pub fn dir(path: &str, mode: u32, uid: u32, gid: u32) -> Self {
-        Entry { path: path.into(), kind: Kind::Dir, mode, uid, gid, xattrs: vec![] }
+        Entry {
+            path: path.into(),
+            kind: Kind::Dir,
+            mode,
+            uid,
+            gid,
+            xattrs: vec![],
+        }
     }
 
     pub fn file(path: &str, content: Content, mode: u32, uid: u32, gid: u32) -> Self {
-        Entry { path: path.into(), kind: Kind::File(content), mode, uid, gid, xattrs: vec![] }
+        Entry {
+            path: path.into(),
+            kind: Kind::File(content),
+            mode,
+            uid,
+            gid,
+            xattrs: vec![],
+        }
     }
 
     pub fn symlink(path: &str, target: &str) -> Self {
@@ -158,7 +179,13 @@ impl Entry {
             Some((d, n)) => (format!("{d}/"), n),
             None => (String::new(), path),
         };
-        Entry::file(&format!("{dir}{WHITEOUT_PREFIX}{name}"), Content::bytes(vec![]), 0o644, 0, 0)
+        Entry::file(
+            &format!("{dir}{WHITEOUT_PREFIX}{name}"),
+            Content::bytes(vec![]),
+            0o644,
+            0,
+            0,
+        )
     }
 
     pub fn is_dir(&self) -> bool {
@@ -188,7 +215,10 @@ impl Entry {
         for (k, v) in &self.xattrs {
             x.push_str(&format!(" {k}={}", hex::encode(v)));
         }
-        format!("{} {} {:o} {}:{}{}", self.path, kind, self.mode, self.uid, self.gid, x)
+        format!(
+            "{} {} {:o} {}:{}{}",
+            self.path, kind, self.mode, self.uid, self.gid, x
+        )
     }
 }
 
@@ -268,7 +298,11 @@ fn append_entry(b: &mut tar::Builder<&mut dyn Write>, e: &Entry, epoch: u64) -> 
     check_relative(&e.path)?;
     let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
     let mut h = tar::Header::new_ustar();
-    let name = if e.is_dir() { format!("{}/", e.path) } else { e.path.clone() };
+    let name = if e.is_dir() {
+        format!("{}/", e.path)
+    } else {
+        e.path.clone()
+    };
     if h.set_path(&name).is_err() || name.len() > 255 {
         pax.push(("path".into(), name.as_bytes().to_vec()));
         h.set_path(truncated_name(&name))?;
@@ -359,24 +393,40 @@ struct ContentReader {
 impl ContentReader {
     fn new(c: &Content) -> Result<Self> {
         let (inner, what): (Box<dyn Read>, String) = match c {
-            Content::Bytes(b) => (Box::new(io::Cursor::new(Arc::clone(b).to_vec())), "bytes".into()),
+            Content::Bytes(b) => (
+                Box::new(io::Cursor::new(Arc::clone(b).to_vec())),
+                "bytes".into(),
+            ),
             Content::Range { file, offset, len } => {
                 let mut f =
                     File::open(file.as_path()).with_context(|| format!("opening {file:?}"))?;
                 f.seek(SeekFrom::Start(*offset))?;
-                (Box::new(io::BufReader::with_capacity(256 << 10, f).take(*len)), format!("{file:?}"))
+                (
+                    Box::new(io::BufReader::with_capacity(256 << 10, f).take(*len)),
+                    format!("{file:?}"),
+                )
             }
             Content::Path { path, len } => {
                 let f = File::open(path).with_context(|| format!("opening {path:?}"))?;
                 (Box::new(f.take(*len)), format!("{path:?}"))
             }
         };
-        Ok(ContentReader { inner, want: c.len(), got: 0, what })
+        Ok(ContentReader {
+            inner,
+            want: c.len(),
+            got: 0,
+            what,
+        })
     }
 
     fn check_done(&self) -> Result<()> {
         if self.got != self.want {
-            bail!("{} gave {} bytes, expected {}", self.what, self.got, self.want);
+            bail!(
+                "{} gave {} bytes, expected {}",
+                self.what,
+                self.got,
+                self.want
+            );
         }
         Ok(())
     }
@@ -406,11 +456,16 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     let mut symlinks: HashSet<String> = HashSet::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for item in ar.entries().with_context(|| format!("reading tar {path:?}"))? {
-        let mut ent = item.with_context(|| format!("reading tar {path:?} (truncated or not a tar?)"))?;
+    for item in ar
+        .entries()
+        .with_context(|| format!("reading tar {path:?}"))?
+    {
+        let mut ent =
+            item.with_context(|| format!("reading tar {path:?} (truncated or not a tar?)"))?;
         let raw_path = String::from_utf8(ent.path_bytes().into_owned())
             .map_err(|_| anyhow::anyhow!("{path:?}: an entry name is not UTF-8"))?;
-        let Some(rel) = clean_tar_path(&raw_path).with_context(|| format!("{path:?}: entry {raw_path:?}"))?
+        let Some(rel) =
+            clean_tar_path(&raw_path).with_context(|| format!("{path:?}: entry {raw_path:?}"))?
         else {
             continue; // the root directory itself
         };
@@ -419,7 +474,9 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
         let mut prefix = rel.as_str();
         while let Some((parent, _)) = prefix.rsplit_once('/') {
             if symlinks.contains(parent) {
-                bail!("{path:?}: entry {raw_path:?} passes through the symlink {parent:?}; refused");
+                bail!(
+                    "{path:?}: entry {raw_path:?} passes through the symlink {parent:?}; refused"
+                );
             }
             prefix = parent;
         }
@@ -439,26 +496,31 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
             }),
             tar::EntryType::Directory => Kind::Dir,
             tar::EntryType::Symlink => {
-                let t = link.filter(|t| !t.is_empty()).with_context(|| {
-                    format!("{path:?}: symlink {raw_path:?} has no target")
-                })?;
+                let t = link
+                    .filter(|t| !t.is_empty())
+                    .with_context(|| format!("{path:?}: symlink {raw_path:?} has no target"))?;
                 symlinks.insert(rel.clone());
                 Kind::Symlink(t)
             }
             tar::EntryType::Link => {
                 let t = link.unwrap_or_default();
-                let target = clean_tar_path(&t)
-                    .ok()
-                    .flatten()
-                    .with_context(|| format!("{path:?}: hard link {raw_path:?} points outside the tree ({t:?}); refused"))?;
+                let target = clean_tar_path(&t).ok().flatten().with_context(|| {
+                    format!(
+                        "{path:?}: hard link {raw_path:?} points outside the tree ({t:?}); refused"
+                    )
+                })?;
                 if !seen.contains_key(&target) {
-                    bail!("{path:?}: hard link {raw_path:?} points at {t:?}, which is not an earlier entry of the archive; refused");
+                    bail!(
+                        "{path:?}: hard link {raw_path:?} points at {t:?}, which is not an earlier entry of the archive; refused"
+                    );
                 }
                 Kind::Hardlink(target)
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 if !policy.allow_devices {
-                    bail!("{path:?}: entry {raw_path:?} is a device node or FIFO; refused in this tarball");
+                    bail!(
+                        "{path:?}: entry {raw_path:?} is a device node or FIFO; refused in this tarball"
+                    );
                 }
                 let maj = hdr.device_major().ok().flatten().unwrap_or(0);
                 let min = hdr.device_minor().ok().flatten().unwrap_or(0);
@@ -483,7 +545,14 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
             }
         }
         xattrs.sort();
-        let e = Entry { path: rel.clone(), kind, mode, uid, gid, xattrs };
+        let e = Entry {
+            path: rel.clone(),
+            kind,
+            mode,
+            uid,
+            gid,
+            xattrs,
+        };
         if let Some(&i) = seen.get(&rel) {
             out[i] = e; // a later entry replaces an earlier one, as tar extraction would
         } else {
@@ -500,7 +569,10 @@ pub fn clean_tar_path(raw: &str) -> Result<Option<String>> {
     if raw.starts_with('/') {
         bail!("absolute path {raw:?}; refused");
     }
-    let parts: Vec<&str> = raw.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let parts: Vec<&str> = raw
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     if parts.contains(&"..") {
         bail!("path {raw:?} contains `..`; refused");
     }
@@ -522,8 +594,11 @@ pub fn relink_hardlinks(entries: &mut [Entry]) -> Result<()> {
     if groups.is_empty() {
         return Ok(());
     }
-    let index: HashMap<String, usize> =
-        entries.iter().enumerate().map(|(i, e)| (e.path.clone(), i)).collect();
+    let index: HashMap<String, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.path.clone(), i))
+        .collect();
     for (target, links) in groups {
         let ti = *index
             .get(&target)
@@ -716,7 +791,10 @@ mod tests {
         .unwrap();
         let d = diff_trees(&lower, &upper).unwrap();
         let paths: Vec<_> = d.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["etc", "etc/.wh.gone", "etc/change", "usr", "usr/new"]);
+        assert_eq!(
+            paths,
+            ["etc", "etc/.wh.gone", "etc/change", "usr", "usr/new"]
+        );
     }
 
     #[test]

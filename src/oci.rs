@@ -8,9 +8,10 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use oci_spec::image::{
-    ANNOTATION_CREATED, ANNOTATION_DESCRIPTION, ANNOTATION_REF_NAME, ANNOTATION_SOURCE, ANNOTATION_TITLE,
-    ANNOTATION_VERSION, Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder,
-    ImageConfigurationBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
+    ANNOTATION_CREATED, ANNOTATION_DESCRIPTION, ANNOTATION_REF_NAME, ANNOTATION_SOURCE,
+    ANNOTATION_TITLE, ANNOTATION_VERSION, Arch, ConfigBuilder, Descriptor, DescriptorBuilder,
+    HistoryBuilder, ImageConfigurationBuilder, ImageManifestBuilder, MediaType, Os,
+    PlatformBuilder, RootFsBuilder,
 };
 
 use crate::store::{ANNOTATION_IMAGE_NAME, BlobInfo, LayerRecord, Store, canonical_json};
@@ -58,7 +59,9 @@ pub struct WrittenImage {
 /// Writes an image's config and manifest blobs; returns its index entry.
 pub fn write_image(store: &Store, spec: &ImageSpec) -> Result<WrittenImage> {
     let created = rfc3339(spec.epoch);
-    let mut cfg = ConfigBuilder::default().env(spec.env.clone()).labels(spec.labels.clone());
+    let mut cfg = ConfigBuilder::default()
+        .env(spec.env.clone())
+        .labels(spec.labels.clone());
     if let Some(c) = &spec.cmd {
         cfg = cfg.cmd(c.clone());
     }
@@ -89,7 +92,12 @@ pub fn write_image(store: &Store, spec: &ImageSpec) -> Result<WrittenImage> {
         .rootfs(
             RootFsBuilder::default()
                 .typ("layers")
-                .diff_ids(spec.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>())
+                .diff_ids(
+                    spec.layers
+                        .iter()
+                        .map(|l| l.diff_id.to_string())
+                        .collect::<Vec<_>>(),
+                )
                 .build()?,
         )
         .history(history)
@@ -99,8 +107,15 @@ pub fn write_image(store: &Store, spec: &ImageSpec) -> Result<WrittenImage> {
         .layers
         .iter()
         .map(|l| {
-            let mut d = Descriptor::new(MediaType::from(l.media_type.as_str()), l.size, l.digest.clone());
-            d.set_annotations(Some(HashMap::from([(ANNOTATION_LAYER_NAME.to_string(), l.name.clone())])));
+            let mut d = Descriptor::new(
+                MediaType::from(l.media_type.as_str()),
+                l.size,
+                l.digest.clone(),
+            );
+            d.set_annotations(Some(HashMap::from([(
+                ANNOTATION_LAYER_NAME.to_string(),
+                l.name.clone(),
+            )])));
             d
         })
         .collect::<Vec<_>>();
@@ -110,7 +125,11 @@ pub fn write_image(store: &Store, spec: &ImageSpec) -> Result<WrittenImage> {
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .config(Descriptor::new(MediaType::ImageConfig, config_blob.size, config_blob.digest.clone()))
+        .config(Descriptor::new(
+            MediaType::ImageConfig,
+            config_blob.size,
+            config_blob.digest.clone(),
+        ))
         .layers(layers)
         .annotations(annotations)
         .build()?;
@@ -119,17 +138,30 @@ pub fn write_image(store: &Store, spec: &ImageSpec) -> Result<WrittenImage> {
         .media_type(MediaType::ImageManifest)
         .digest(manifest_blob.digest.clone())
         .size(manifest_blob.size)
-        .platform(PlatformBuilder::default().architecture(Arch::Amd64).os(Os::Linux).build()?)
+        .platform(
+            PlatformBuilder::default()
+                .architecture(Arch::Amd64)
+                .os(Os::Linux)
+                .build()?,
+        )
         .annotations(HashMap::from([
             (ANNOTATION_REF_NAME.to_string(), spec.tag.clone()),
             (ANNOTATION_IMAGE_NAME.to_string(), spec.name.clone()),
         ]))
         .build()?;
-    Ok(WrittenImage { manifest: manifest_blob, config: config_blob, index_entry })
+    Ok(WrittenImage {
+        manifest: manifest_blob,
+        config: config_blob,
+        index_entry,
+    })
 }
 
 /// Standard manifest annotations for an image.
-pub fn standard_annotations(version: Option<&str>, source: Option<&str>, description: Option<&str>) -> HashMap<String, String> {
+pub fn standard_annotations(
+    version: Option<&str>,
+    source: Option<&str>,
+    description: Option<&str>,
+) -> HashMap<String, String> {
     let mut a = HashMap::new();
     if let Some(v) = version {
         a.insert(ANNOTATION_VERSION.to_string(), v.to_string());

@@ -30,14 +30,21 @@ impl Progress {
         } else {
             Mode::Lines
         };
-        Progress { mode, start: Instant::now() }
+        Progress {
+            mode,
+            start: Instant::now(),
+        }
     }
 
     /// One line of news.
     pub fn say(&self, msg: impl AsRef<str>) {
         match self.mode {
             Mode::Quiet => {}
-            _ => eprintln!("[{:6.1}s] {}", self.start.elapsed().as_secs_f64(), msg.as_ref()),
+            _ => eprintln!(
+                "[{:6.1}s] {}",
+                self.start.elapsed().as_secs_f64(),
+                msg.as_ref()
+            ),
         }
     }
 
@@ -48,12 +55,15 @@ impl Progress {
             Mode::Bar => {
                 let b = match len {
                     Some(n) => ProgressBar::new(n).with_style(
-                        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                            .expect("valid template")
-                            .progress_chars("=> "),
+                        ProgressStyle::with_template(
+                            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                        )
+                        .expect("valid template")
+                        .progress_chars("=> "),
                     ),
                     None => ProgressBar::new_spinner().with_style(
-                        ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+                        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                            .expect("valid template"),
                     ),
                 };
                 b.set_message(msg.clone());
@@ -65,7 +75,12 @@ impl Progress {
                 None
             }
         };
-        Task { bar, progress: self.clone(), msg, start: Instant::now() }
+        Task {
+            bar,
+            progress: self.clone(),
+            msg,
+            start: Instant::now(),
+        }
     }
 }
 
@@ -95,6 +110,7 @@ impl Task {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-        self.progress.say(format!("{}: {} ({secs:.1}s)", self.msg, outcome.as_ref()));
+        self.progress
+            .say(format!("{}: {} ({secs:.1}s)", self.msg, outcome.as_ref()));
     }
 }

@@ -289,9 +289,16 @@ pub enum Origin {
 #[serde(rename_all = "kebab-case")]
 pub enum JdkSource {
     /// Debian packages installed on top of the base (needs an mmdebstrap base).
-    Packages { packages: Vec<String>, apt_sources: Vec<String> },
+    Packages {
+        packages: Vec<String>,
+        apt_sources: Vec<String>,
+    },
     /// A pinned JDK tarball, re-packed under `java_home`.
-    Tarball { origin: Origin, sha512: String, strip_components: usize },
+    Tarball {
+        origin: Origin,
+        sha512: String,
+        strip_components: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -387,7 +394,13 @@ pub fn load(path: &Path) -> anyhow::Result<(Recipe, Catalogue)> {
         .with_context(|| format!("reading recipe {}", path.display()))?;
     let raw = parse(path, &src)?;
     let root = project_root(path, raw.recipe.get_ref().root.as_deref());
-    let cat_dir = root.join(raw.recipe.get_ref().catalogue.as_deref().unwrap_or("hadoop-versions"));
+    let cat_dir = root.join(
+        raw.recipe
+            .get_ref()
+            .catalogue
+            .as_deref()
+            .unwrap_or("hadoop-versions"),
+    );
     let catalogue = Catalogue::load_dir(&cat_dir)?;
     let recipe = validate(path, &src, raw, &root, &catalogue)?;
     Ok((recipe, catalogue))
@@ -395,7 +408,11 @@ pub fn load(path: &Path) -> anyhow::Result<(Recipe, Catalogue)> {
 
 fn project_root(recipe_file: &Path, root: Option<&str>) -> PathBuf {
     let dir = recipe_file.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     dir.join(root.unwrap_or(".."))
 }
 
@@ -422,7 +439,14 @@ fn toml_error(file: &Path, src: &str, e: &toml::de::Error) -> RecipeError {
     } else if let Some(rest) = msg.strip_prefix("missing field `") {
         key = rest.split('`').next().unwrap_or("").to_string();
     }
-    RecipeError { file: file.to_path_buf(), line, column, key, message: msg, hint }
+    RecipeError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key,
+        message: msg,
+        hint,
+    }
 }
 
 /// The candidate closest to `word`, if any is close enough to be a likely typo.
@@ -451,7 +475,9 @@ pub fn validate(
         return Err(cx.err(
             header.name.span(),
             "recipe.name",
-            format!("{name:?} is not a valid image name (lowercase letters, digits, `-`, `.`, `_`)"),
+            format!(
+                "{name:?} is not a valid image name (lowercase letters, digits, `-`, `.`, `_`)"
+            ),
         ));
     }
 
@@ -473,7 +499,11 @@ pub fn validate(
                     let mut e = cx.err(
                         header.versions.span(),
                         "recipe.versions",
-                        format!("unknown Hadoop version {v:?}: the catalogue ({}) has {}", catalogue.dir.display(), refs.join(", ")),
+                        format!(
+                            "unknown Hadoop version {v:?}: the catalogue ({}) has {}",
+                            catalogue.dir.display(),
+                            refs.join(", ")
+                        ),
                     );
                     e.hint = nearest(v, &refs).map(|n| format!("did you mean {n:?}?"));
                     return Err(e);
@@ -490,16 +520,28 @@ pub fn validate(
         }
     };
     if versions.is_empty() {
-        return Err(cx.err(header.versions.span(), "recipe.versions", "no versions to build"));
+        return Err(cx.err(
+            header.versions.span(),
+            "recipe.versions",
+            "no versions to build",
+        ));
     }
     let epoch = *header.epoch.get_ref();
     if epoch < 0 {
-        return Err(cx.err(header.epoch.span(), "recipe.epoch", "must be a Unix time ≥ 0"));
+        return Err(cx.err(
+            header.epoch.span(),
+            "recipe.epoch",
+            "must be a Unix time ≥ 0",
+        ));
     }
 
     let resolve = |p: &str| -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { root.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            root.join(p)
+        }
     };
 
     // Base.
@@ -526,25 +568,42 @@ pub fn validate(
         }
         "tarball" | "oci" => {
             let Some(p) = &rb.path else {
-                return Err(cx.err(raw.base.span(), "base.path", "a tarball or oci base needs `path`"));
+                return Err(cx.err(
+                    raw.base.span(),
+                    "base.path",
+                    "a tarball or oci base needs `path`",
+                ));
             };
             let path = resolve(p.get_ref());
             if !path.exists() {
-                return Err(cx.err(p.span(), "base.path", format!("{} does not exist", path.display())));
+                return Err(cx.err(
+                    p.span(),
+                    "base.path",
+                    format!("{} does not exist", path.display()),
+                ));
             }
             if rb.source.get_ref() == "tarball" {
-                Base::Tarball { path, sha256: rb.sha256.clone() }
+                Base::Tarball {
+                    path,
+                    sha256: rb.sha256.clone(),
+                }
             } else {
-                Base::Oci { path, reference: rb.reference.clone().unwrap_or_else(|| "latest".into()) }
+                Base::Oci {
+                    path,
+                    reference: rb.reference.clone().unwrap_or_else(|| "latest".into()),
+                }
             }
         }
         other => {
             let mut e = cx.err(
                 rb.source.span(),
                 "base.source",
-                format!("unknown base source {other:?}: expected \"mmdebstrap\", \"tarball\" or \"oci\""),
+                format!(
+                    "unknown base source {other:?}: expected \"mmdebstrap\", \"tarball\" or \"oci\""
+                ),
             );
-            e.hint = nearest(other, &["mmdebstrap", "tarball", "oci"]).map(|n| format!("did you mean {n:?}?"));
+            e.hint = nearest(other, &["mmdebstrap", "tarball", "oci"])
+                .map(|n| format!("did you mean {n:?}?"));
             return Err(e);
         }
     };
@@ -555,7 +614,11 @@ pub fn validate(
         let j = rj.get_ref();
         let key = format!("jdk.{jname}");
         if !valid_name_component(jname) {
-            return Err(cx.err(rj.span(), &key, "JDK names use lowercase letters, digits and `-`"));
+            return Err(cx.err(
+                rj.span(),
+                &key,
+                "JDK names use lowercase letters, digits and `-`",
+            ));
         }
         let source = match (&j.tarball, j.packages.is_empty()) {
             (Some(t), true) => {
@@ -563,28 +626,53 @@ pub fn validate(
                     (Some(u), None) => Origin::Url(u.clone()),
                     (None, Some(p)) => Origin::Path(resolve(p)),
                     _ => {
-                        return Err(cx.err(rj.span(), &format!("{key}.tarball"), "give exactly one of `url` or `path`"));
+                        return Err(cx.err(
+                            rj.span(),
+                            &format!("{key}.tarball"),
+                            "give exactly one of `url` or `path`",
+                        ));
                     }
                 };
-                check_sha512(&t.sha512).map_err(|m| cx.err(rj.span(), &format!("{key}.tarball.sha512"), m))?;
-                JdkSource::Tarball { origin, sha512: t.sha512.to_lowercase(), strip_components: t.strip_components.unwrap_or(1) }
+                check_sha512(&t.sha512)
+                    .map_err(|m| cx.err(rj.span(), &format!("{key}.tarball.sha512"), m))?;
+                JdkSource::Tarball {
+                    origin,
+                    sha512: t.sha512.to_lowercase(),
+                    strip_components: t.strip_components.unwrap_or(1),
+                }
             }
             (None, false) => {
                 if !matches!(base, Base::Mmdebstrap { .. }) {
                     return Err(cx.err(rj.span(), &format!("{key}.packages"), "a JDK from Debian packages needs an mmdebstrap base; use `tarball` with this base"));
                 }
-                JdkSource::Packages { packages: j.packages.clone(), apt_sources: j.apt_sources.clone() }
+                JdkSource::Packages {
+                    packages: j.packages.clone(),
+                    apt_sources: j.apt_sources.clone(),
+                }
             }
             _ => {
-                return Err(cx.err(rj.span(), &key, "give either `packages` (Debian) or `tarball`, not both or neither"));
+                return Err(cx.err(
+                    rj.span(),
+                    &key,
+                    "give either `packages` (Debian) or `tarball`, not both or neither",
+                ));
             }
         };
         if !j.java_home.starts_with('/') {
-            return Err(cx.err(rj.span(), &format!("{key}.java-home"), "must be an absolute path in the image"));
+            return Err(cx.err(
+                rj.span(),
+                &format!("{key}.java-home"),
+                "must be an absolute path in the image",
+            ));
         }
         jdks.insert(
             jname.clone(),
-            Jdk { name: jname.clone(), java_version: j.java_version, java_home: j.java_home.clone(), source },
+            Jdk {
+                name: jname.clone(),
+                java_version: j.java_version,
+                java_home: j.java_home.clone(),
+                source,
+            },
         );
     }
 
@@ -596,13 +684,25 @@ pub fn validate(
         let key = format!("lines.\"{line}\"");
         let Some(jdk) = jdks.get(l.jdk.get_ref()) else {
             let names: Vec<&str> = jdks.keys().map(|s| s.as_str()).collect();
-            let mut e = cx.err(l.jdk.span(), &format!("{key}.jdk"), format!("no [jdk.{}] in this recipe (have: {})", l.jdk.get_ref(), names.join(", ")));
+            let mut e = cx.err(
+                l.jdk.span(),
+                &format!("{key}.jdk"),
+                format!(
+                    "no [jdk.{}] in this recipe (have: {})",
+                    l.jdk.get_ref(),
+                    names.join(", ")
+                ),
+            );
             e.hint = nearest(l.jdk.get_ref(), &names).map(|n| format!("did you mean {n:?}?"));
             return Err(e);
         };
         let facts = catalogue.line(line);
         if facts.is_empty() {
-            return Err(cx.err(rl.span(), &key, format!("no Hadoop version of line {line} in the catalogue")));
+            return Err(cx.err(
+                rl.span(),
+                &key,
+                format!("no Hadoop version of line {line} in the catalogue"),
+            ));
         }
         let supported = &facts[0].java.runtime;
         if !supported.contains(&jdk.java_version) && l.accept_unsupported.is_none() {
@@ -623,7 +723,11 @@ pub fn validate(
         }
         lines.insert(
             line.clone(),
-            LineChoice { jdk: jdk.name.clone(), accept_unsupported: l.accept_unsupported.clone(), jvm_flags: l.jvm_flags.clone() },
+            LineChoice {
+                jdk: jdk.name.clone(),
+                accept_unsupported: l.accept_unsupported.clone(),
+                jvm_flags: l.jvm_flags.clone(),
+            },
         );
     }
     for v in &versions {
@@ -639,49 +743,94 @@ pub fn validate(
 
     let ru = raw.user.as_ref();
     let user = User {
-        name: ru.and_then(|u| u.name.clone()).unwrap_or_else(|| "hadoop".into()),
+        name: ru
+            .and_then(|u| u.name.clone())
+            .unwrap_or_else(|| "hadoop".into()),
         uid: ru.and_then(|u| u.uid).unwrap_or(1000),
         gid: ru.and_then(|u| u.gid).unwrap_or(1000),
-        home: ru.and_then(|u| u.home.clone()).unwrap_or_else(|| "/home/hadoop".into()),
-        shell: ru.and_then(|u| u.shell.clone()).unwrap_or_else(|| "/bin/bash".into()),
+        home: ru
+            .and_then(|u| u.home.clone())
+            .unwrap_or_else(|| "/home/hadoop".into()),
+        shell: ru
+            .and_then(|u| u.shell.clone())
+            .unwrap_or_else(|| "/bin/bash".into()),
     };
 
     // Layers: directories must exist and stay inside the project root.
     let canon_root = root.canonicalize().map_err(|e| {
-        cx.err(raw.recipe.span(), "recipe.root", format!("project root {} is not usable: {e}", root.display()))
+        cx.err(
+            raw.recipe.span(),
+            "recipe.root",
+            format!("project root {} is not usable: {e}", root.display()),
+        )
     })?;
     let mut layers = Vec::new();
     let mut names = std::collections::BTreeSet::new();
     for rl in &raw.layer {
         let l = rl.get_ref();
         let lname = l.name.get_ref();
-        if !valid_name_component(lname) || ["base", "jdk", "hadoop-dist"].contains(&lname.as_str()) {
-            return Err(cx.err(l.name.span(), "layer.name", format!("{lname:?} is not a valid layer name (reserved: base, jdk, hadoop-dist)")));
+        if !valid_name_component(lname) || ["base", "jdk", "hadoop-dist"].contains(&lname.as_str())
+        {
+            return Err(cx.err(
+                l.name.span(),
+                "layer.name",
+                format!("{lname:?} is not a valid layer name (reserved: base, jdk, hadoop-dist)"),
+            ));
         }
         if !names.insert(lname.clone()) {
-            return Err(cx.err(l.name.span(), "layer.name", format!("two layers are named {lname:?}")));
+            return Err(cx.err(
+                l.name.span(),
+                "layer.name",
+                format!("two layers are named {lname:?}"),
+            ));
         }
         let dir = resolve(l.dir.get_ref());
         let canon = dir.canonicalize().map_err(|_| {
-            cx.err(l.dir.span(), "layer.dir", format!("layer directory {} does not exist", dir.display()))
+            cx.err(
+                l.dir.span(),
+                "layer.dir",
+                format!("layer directory {} does not exist", dir.display()),
+            )
         })?;
         if !canon.starts_with(&canon_root) {
             return Err(cx.err(
                 l.dir.span(),
                 "layer.dir",
-                format!("layer directory {} resolves to {}, outside the project root {}; refused", l.dir.get_ref(), canon.display(), canon_root.display()),
+                format!(
+                    "layer directory {} resolves to {}, outside the project root {}; refused",
+                    l.dir.get_ref(),
+                    canon.display(),
+                    canon_root.display()
+                ),
             ));
         }
         if !canon.is_dir() {
-            return Err(cx.err(l.dir.span(), "layer.dir", format!("{} is not a directory", dir.display())));
+            return Err(cx.err(
+                l.dir.span(),
+                "layer.dir",
+                format!("{} is not a directory", dir.display()),
+            ));
         }
-        layers.push(LayerSpec { name: lname.clone(), dir: canon, per_version: l.per_version, accounts: l.accounts });
+        layers.push(LayerSpec {
+            name: lname.clone(),
+            dir: canon,
+            per_version: l.per_version,
+            accounts: l.accounts,
+        });
     }
     if layers.iter().filter(|l| l.accounts).count() > 1 {
-        return Err(cx.err(raw.recipe.span(), "layer.accounts", "only one layer may carry the accounts"));
+        return Err(cx.err(
+            raw.recipe.span(),
+            "layer.accounts",
+            "only one layer may carry the accounts",
+        ));
     }
     if layers.iter().any(|l| l.accounts && l.per_version) {
-        return Err(cx.err(raw.recipe.span(), "layer.accounts", "the accounts layer is shared: it cannot be per-version"));
+        return Err(cx.err(
+            raw.recipe.span(),
+            "layer.accounts",
+            "the accounts layer is shared: it cannot be per-version",
+        ));
     }
 
     let dist = match &raw.dist {
@@ -691,25 +840,45 @@ pub fn validate(
             match d.mode.get_ref().as_str() {
                 "bake" => {}
                 other => {
-                    return Err(cx.err(d.mode.span(), "dist.mode", format!("unknown mode {other:?}: this version of strata knows \"bake\"")));
+                    return Err(cx.err(
+                        d.mode.span(),
+                        "dist.mode",
+                        format!("unknown mode {other:?}: this version of strata knows \"bake\""),
+                    ));
                 }
             }
             if d.url.is_some() && d.path.is_some() {
                 return Err(cx.err(rd.span(), "dist", "give `url` or `path`, not both"));
             }
             for (v, s) in &d.sha512 {
-                check_sha512(s).map_err(|m| cx.err(rd.span(), &format!("dist.sha512.\"{v}\""), m))?;
+                check_sha512(s)
+                    .map_err(|m| cx.err(rd.span(), &format!("dist.sha512.\"{v}\""), m))?;
             }
             for v in &versions {
-                let pinned = d.sha512.contains_key(v) || catalogue.get(v).and_then(|f| f.dist.sha512.as_ref()).is_some();
+                let pinned = d.sha512.contains_key(v)
+                    || catalogue
+                        .get(v)
+                        .and_then(|f| f.dist.sha512.as_ref())
+                        .is_some();
                 if !pinned {
-                    return Err(cx.err(rd.span(), "dist.sha512", format!("no pinned sha512 for Hadoop {v}: add it under [dist.sha512]")));
+                    return Err(cx.err(
+                        rd.span(),
+                        "dist.sha512",
+                        format!("no pinned sha512 for Hadoop {v}: add it under [dist.sha512]"),
+                    ));
                 }
             }
             Some(Dist {
                 url: d.url.clone(),
-                path: d.path.as_ref().map(|p| resolve(p).to_string_lossy().into_owned()),
-                sha512: d.sha512.iter().map(|(k, v)| (k.clone(), v.to_lowercase())).collect(),
+                path: d
+                    .path
+                    .as_ref()
+                    .map(|p| resolve(p).to_string_lossy().into_owned()),
+                sha512: d
+                    .sha512
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_lowercase()))
+                    .collect(),
             })
         }
     };
@@ -735,7 +904,13 @@ pub fn validate(
         vars,
         image: raw
             .image
-            .map(|i| ImageSettings { cmd: i.cmd, entrypoint: i.entrypoint, env: i.env, working_dir: i.working_dir, user: i.user })
+            .map(|i| ImageSettings {
+                cmd: i.cmd,
+                entrypoint: i.entrypoint,
+                env: i.env,
+                working_dir: i.working_dir,
+                user: i.user,
+            })
             .unwrap_or_default(),
     })
 }
@@ -748,21 +923,28 @@ fn security_mirror(mirror: &str) -> String {
 }
 
 fn join_nums(v: &[u32]) -> String {
-    v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn check_sha512(s: &str) -> Result<(), String> {
     if s.len() == 128 && s.chars().all(|c| c.is_ascii_hexdigit()) {
         Ok(())
     } else {
-        Err(format!("expected 128 hex digits, found {} characters", s.len()))
+        Err(format!(
+            "expected 128 hex digits, found {} characters",
+            s.len()
+        ))
     }
 }
 
 /// Lowercase letters, digits, and `-._` not at the ends: valid in an OCI/Docker repository name.
 pub fn valid_name_component(s: &str) -> bool {
     !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
 }
@@ -804,7 +986,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line_and_nearest_key() {
-        let src = "[recipe]\nname = \"x\"\nverions = \"all\"\nepoch = 1\n[base]\nsource = \"oci\"\n";
+        let src =
+            "[recipe]\nname = \"x\"\nverions = \"all\"\nepoch = 1\n[base]\nsource = \"oci\"\n";
         let e = parse(Path::new("r.toml"), src).unwrap_err();
         assert_eq!(e.line, 3, "{e}");
         assert_eq!(e.key, "verions");

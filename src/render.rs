@@ -24,6 +24,10 @@
 //! path = "var/log/hadoop"
 //! owner = "hadoop"
 //! mode = "0775"
+//!
+//! [[omit]]                   # leave a path out when the expression holds
+//! path = "etc/hadoop/slaves"
+//! when = "hadoop.layout['workers-file'] != 'slaves'"
 //! ```
 //!
 //! Host modes, owners and timestamps are never read: the same checkout gives the same layer under
@@ -53,6 +57,17 @@ struct LayerToml {
     link: Vec<Link>,
     #[serde(default)]
     dir: Vec<Attr>,
+    #[serde(default)]
+    omit: Vec<Omit>,
+}
+
+/// Leaves a path out when a condition (a template expression) holds, e.g. `slaves` on versions
+/// that read `workers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Omit {
+    path: String,
+    when: String,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -95,7 +110,10 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
     let spec: LayerToml = if spec_path.exists() {
         let src = std::fs::read_to_string(&spec_path)?;
         toml::from_str(&src).map_err(|e| {
-            let line = e.span().map(|s| src[..s.start].matches('\n').count() + 1).unwrap_or(1);
+            let line = e
+                .span()
+                .map(|s| src[..s.start].matches('\n').count() + 1)
+                .unwrap_or(1);
             anyhow!("{}:{line}: {}", spec_path.display(), e.message())
         })?
     } else {
@@ -108,7 +126,10 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
 
     let mut attrs = Vec::new();
     for a in &spec.attr {
-        let pat = a.path.as_deref().ok_or_else(|| anyhow!("{}: [[attr]] needs `path`", spec_path.display()))?;
+        let pat = a
+            .path
+            .as_deref()
+            .ok_or_else(|| anyhow!("{}: [[attr]] needs `path`", spec_path.display()))?;
         let glob = globset::GlobBuilder::new(pat)
             .literal_separator(true)
             .build()
@@ -123,12 +144,20 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
         } else {
             defaults.file_mode.clone().unwrap_or_else(|| "0644".into())
         };
-        let matching = attrs.iter().filter(|(g, _)| g.is_match(path)).map(|(_, a)| a).chain(extra);
+        let matching = attrs
+            .iter()
+            .filter(|(g, _)| g.is_match(path))
+            .map(|(_, a)| a)
+            .chain(extra);
         for a in matching {
             if let Some(o) = &a.owner {
                 owner = o.clone();
             }
-            let m = if is_dir { a.dir_mode.as_ref() } else { a.file_mode.as_ref() };
+            let m = if is_dir {
+                a.dir_mode.as_ref()
+            } else {
+                a.file_mode.as_ref()
+            };
             if let Some(m) = m.or(a.mode.as_ref()) {
                 mode = m.clone();
             }
@@ -138,7 +167,12 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
         let mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o7777)
-            .ok_or_else(|| anyhow!("{}: mode {mode:?} of {path:?} is not an octal mode", spec_path.display()))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: mode {mode:?} of {path:?} is not an octal mode",
+                    spec_path.display()
+                )
+            })?;
         Ok((mode, uid, gid))
     };
 
@@ -146,9 +180,15 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
     if root.exists() {
         let canon_root = root.canonicalize()?;
         if !canon_root.starts_with(dir.canonicalize()?) {
-            bail!("{} leaves the layer directory through a symlink; refused", root.display());
+            bail!(
+                "{} leaves the layer directory through a symlink; refused",
+                root.display()
+            );
         }
-        for item in walkdir::WalkDir::new(&root).follow_links(false).sort_by_file_name() {
+        for item in walkdir::WalkDir::new(&root)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
             let item = item.with_context(|| format!("walking {}", root.display()))?;
             let rel = item.path().strip_prefix(&root)?;
             if rel.as_os_str().is_empty() {
@@ -165,9 +205,15 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
             } else if ft.is_symlink() {
                 let target = std::fs::read_link(item.path())?;
                 check_link_inside(rel, &target).with_context(|| {
-                    format!("{} is a symlink to {}", item.path().display(), target.display())
+                    format!(
+                        "{} is a symlink to {}",
+                        item.path().display(),
+                        target.display()
+                    )
                 })?;
-                let t = target.to_str().ok_or_else(|| anyhow!("symlink target is not UTF-8"))?;
+                let t = target
+                    .to_str()
+                    .ok_or_else(|| anyhow!("symlink target is not UTF-8"))?;
                 entries.push(Entry::symlink(&rel_str, t));
             } else if ft.is_file() {
                 if let Some(out) = rel_str.strip_suffix(TEMPLATE_SUFFIX) {
@@ -181,24 +227,40 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
                     let (mode, uid, gid) = resolve(&rel_str, false, None)?;
                     entries.push(Entry::file(
                         &rel_str,
-                        Content::Path { path: item.path().to_path_buf(), len },
+                        Content::Path {
+                            path: item.path().to_path_buf(),
+                            len,
+                        },
                         mode,
                         uid,
                         gid,
                     ));
                 }
             } else {
-                bail!("{}: only files, directories and symlinks belong in a layer directory", item.path().display());
+                bail!(
+                    "{}: only files, directories and symlinks belong in a layer directory",
+                    item.path().display()
+                );
             }
         }
     }
     for l in &spec.link {
-        check_relative(&l.path).with_context(|| format!("{}: [[link]] path", spec_path.display()))?;
+        check_relative(&l.path)
+            .with_context(|| format!("{}: [[link]] path", spec_path.display()))?;
         let target = render_template(&env, &spec_path, &l.target, &ctx_value)?;
         entries.push(Entry::symlink(&l.path, target.trim()));
     }
+    for o in &spec.omit {
+        let test = format!("{{% if {} %}}omit{{% endif %}}", o.when);
+        if render_template(&env, &spec_path, &test, &ctx_value)? == "omit" {
+            entries.retain(|e| e.path != o.path && !e.path.starts_with(&format!("{}/", o.path)));
+        }
+    }
     for d in &spec.dir {
-        let path = d.path.as_deref().ok_or_else(|| anyhow!("{}: [[dir]] needs `path`", spec_path.display()))?;
+        let path = d
+            .path
+            .as_deref()
+            .ok_or_else(|| anyhow!("{}: [[dir]] needs `path`", spec_path.display()))?;
         check_relative(path).with_context(|| format!("{}: [[dir]] path", spec_path.display()))?;
         let (mode, uid, gid) = resolve(path, true, Some(d))?;
         entries.retain(|e| e.path != path);
@@ -210,7 +272,9 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
 /// A symlink at `rel` (relative to the layer root) must resolve inside the layer root.
 fn check_link_inside(rel: &Path, target: &Path) -> Result<()> {
     if target.is_absolute() {
-        bail!("absolute symlinks would point at the build host here; declare it in layer.toml [[link]] instead; refused");
+        bail!(
+            "absolute symlinks would point at the build host here; declare it in layer.toml [[link]] instead; refused"
+        );
     }
     let mut depth: i64 = rel.components().count() as i64 - 1;
     for c in target.components() {
@@ -238,7 +302,10 @@ fn parse_owner(owner: &str, user: &User) -> Result<(u32, u32)> {
     {
         return Ok((u, g));
     }
-    bail!("unknown owner {owner:?}: use \"root\", \"{}\" or \"uid:gid\"", user.name)
+    bail!(
+        "unknown owner {owner:?}: use \"root\", \"{}\" or \"uid:gid\"",
+        user.name
+    )
 }
 
 fn template_env() -> minijinja::Environment<'static> {
@@ -290,7 +357,13 @@ mod tests {
     use super::*;
 
     fn user() -> User {
-        User { name: "hadoop".into(), uid: 1000, gid: 1000, home: "/home/hadoop".into(), shell: "/bin/bash".into() }
+        User {
+            name: "hadoop".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/hadoop".into(),
+            shell: "/bin/bash".into(),
+        }
     }
 
     fn cx() -> Context {
@@ -307,7 +380,11 @@ mod tests {
     fn renders_templates_and_declared_attrs() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("root/etc/hadoop")).unwrap();
-        std::fs::write(d.path().join("root/etc/hadoop/v.txt.j2"), "v={{ hadoop.version }}\n").unwrap();
+        std::fs::write(
+            d.path().join("root/etc/hadoop/v.txt.j2"),
+            "v={{ hadoop.version }}\n",
+        )
+        .unwrap();
         std::fs::write(
             d.path().join("layer.toml"),
             "[[attr]]\npath = \"etc/hadoop/*\"\nowner = \"hadoop\"\nmode = \"0600\"\n[[link]]\npath = \"opt/hadoop\"\ntarget = \"hadoop-{{ hadoop.version }}\"\n",

@@ -68,7 +68,8 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
         .with_context(|| format!("creating a temp file in {dir:?}"))?;
     tmp.write_all(data)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("renaming into {path:?}"))?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming into {path:?}"))?;
     sync_dir(dir)
 }
 
@@ -103,7 +104,13 @@ impl BlobWriter {
             .tempfile_in(blob_dir)
             .with_context(|| format!("creating a temp file in {blob_dir:?}"))?;
         let out = io::BufWriter::with_capacity(1 << 20, tmp.reopen()?);
-        Ok(BlobWriter { dir: blob_dir.to_path_buf(), tmp, out, hasher: Sha256::new(), size: 0 })
+        Ok(BlobWriter {
+            dir: blob_dir.to_path_buf(),
+            tmp,
+            out,
+            hasher: Sha256::new(),
+            size: 0,
+        })
     }
 
     /// Flushes, fsyncs and renames the blob into place; returns its digest and size.
@@ -112,8 +119,13 @@ impl BlobWriter {
         self.out.get_ref().sync_all()?;
         let digest = sha256_digest(&self.hasher.finalize().into());
         let dest = self.dir.join(digest.digest());
-        self.tmp.persist(&dest).with_context(|| format!("renaming blob into {dest:?}"))?;
-        Ok(BlobInfo { digest, size: self.size })
+        self.tmp
+            .persist(&dest)
+            .with_context(|| format!("renaming blob into {dest:?}"))?;
+        Ok(BlobInfo {
+            digest,
+            size: self.size,
+        })
     }
 }
 
@@ -138,7 +150,11 @@ pub struct Tee<W: Write> {
 
 impl<W: Write> Tee<W> {
     pub fn new(inner: W) -> Self {
-        Tee { inner, hasher: Sha256::new(), size: 0 }
+        Tee {
+            inner,
+            hasher: Sha256::new(),
+            size: 0,
+        }
     }
     pub fn digest(&self) -> Digest {
         sha256_digest(&self.hasher.clone().finalize().into())
@@ -224,7 +240,9 @@ impl Store {
         if !layout.exists() {
             atomic_write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     /// Opens an existing store; a clear error if there is none.
@@ -236,7 +254,9 @@ impl Store {
                 root.display()
             );
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn blob_dir(&self) -> PathBuf {
@@ -311,19 +331,29 @@ impl Store {
             return Ok(());
         }
         let dest = self.blob_path(&info.digest);
-        let tmp = self.blob_dir().join(format!("{TMP_PREFIX}link-{}", info.digest.digest()));
+        let tmp = self
+            .blob_dir()
+            .join(format!("{TMP_PREFIX}link-{}", info.digest.digest()));
         let _ = fs::remove_file(&tmp);
         if fs::hard_link(src, &tmp).is_ok() {
             fs::rename(&tmp, &dest)?;
             return Ok(());
         }
         let mut w = BlobWriter::new(&self.blob_dir())?;
-        io::copy(&mut File::open(src).with_context(|| format!("opening {src:?}"))?, &mut w)?;
+        io::copy(
+            &mut File::open(src).with_context(|| format!("opening {src:?}"))?,
+            &mut w,
+        )?;
         let got = w.commit()?;
         if got != *info {
             let _ = fs::remove_file(self.blob_path(&got.digest));
-            bail!("cached blob {src:?} is corrupt: expected {} ({} bytes), found {} ({} bytes)",
-                info.digest, info.size, got.digest, got.size);
+            bail!(
+                "cached blob {src:?} is corrupt: expected {} ({} bytes), found {} ({} bytes)",
+                info.digest,
+                info.size,
+                got.digest,
+                got.size
+            );
         }
         Ok(())
     }
@@ -353,11 +383,14 @@ impl Store {
             return Ok(false);
         }
         sync_dir(&self.blob_dir())?;
-        let mut tmp = tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(&self.root)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(&self.root)?;
         tmp.write_all(&data)?;
         tmp.as_file().sync_all()?;
         crate::failpoint("index-write");
-        tmp.persist(&p).with_context(|| format!("renaming into {p:?}"))?;
+        tmp.persist(&p)
+            .with_context(|| format!("renaming into {p:?}"))?;
         sync_dir(&self.root)?;
         Ok(true)
     }
@@ -369,10 +402,16 @@ impl Store {
 
     /// The store record named by the index (empty if the store has none yet).
     pub fn read_record(&self, index: &ImageIndex) -> Result<StoreRecord> {
-        let Some(d) = index.annotations().as_ref().and_then(|a| a.get(ANNOTATION_RECORD)) else {
+        let Some(d) = index
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_RECORD))
+        else {
             return Ok(StoreRecord::default());
         };
-        let digest: Digest = d.parse().with_context(|| format!("bad record digest {d:?}"))?;
+        let digest: Digest = d
+            .parse()
+            .with_context(|| format!("bad record digest {d:?}"))?;
         let data = self.read_blob(&digest)?;
         serde_json::from_slice(&data).with_context(|| format!("parsing store record {digest}"))
     }
@@ -380,7 +419,11 @@ impl Store {
     /// Every blob the index reaches (manifests, configs, layers, the record).
     pub fn reachable(&self, index: &ImageIndex) -> Result<BTreeSet<String>> {
         let mut set = BTreeSet::new();
-        if let Some(d) = index.annotations().as_ref().and_then(|a| a.get(ANNOTATION_RECORD)) {
+        if let Some(d) = index
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_RECORD))
+        {
             let d: Digest = d.parse()?;
             set.insert(d.digest().to_string());
         }
@@ -444,7 +487,13 @@ mod tests {
             "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
         assert!(store.has_blob(&info.digest, 5));
-        assert!(store.blob_names().unwrap().iter().all(|(n, _)| !n.starts_with(TMP_PREFIX)));
+        assert!(
+            store
+                .blob_names()
+                .unwrap()
+                .iter()
+                .all(|(n, _)| !n.starts_with(TMP_PREFIX))
+        );
     }
 
     #[test]

@@ -255,7 +255,9 @@ pub fn make_plan(
     // JDKs in use.
     let mut jdk_layer = BTreeMap::new();
     for v in &recipe.versions {
-        let jdk = recipe.jdk_for(v);
+        let Some(jdk) = recipe.jdk_for(v) else {
+            continue;
+        };
         if jdk_layer.contains_key(&jdk.name) {
             continue;
         }
@@ -318,9 +320,10 @@ pub fn make_plan(
     let mut images = Vec::new();
     for v in selected {
         let facts = catalogue.get(v).expect("validated");
-        let jdk = recipe.jdk_for(v);
         let mut list = base_layers.clone();
-        list.push(jdk_layer[&jdk.name]);
+        if let Some(jdk) = recipe.jdk_for(v) {
+            list.push(jdk_layer[&jdk.name]);
+        }
         list.extend(&shared);
         if let Some(dist) = &recipe.dist {
             let sha512 = dist
@@ -371,11 +374,11 @@ pub fn make_plan(
     let one_jdk: BTreeSet<_> = recipe
         .versions
         .iter()
-        .map(|v| recipe.jdk_for(v).name.clone())
+        .map(|v| recipe.jdk_for(v).map(|j| j.name.clone()))
         .collect();
     let mut base_list = base_layers.clone();
-    if one_jdk.len() == 1 {
-        base_list.push(jdk_layer[one_jdk.iter().next().expect("one")]);
+    if let [Some(only)] = one_jdk.iter().collect::<Vec<_>>().as_slice() {
+        base_list.push(jdk_layer[only]);
     }
     base_list.extend(&shared);
     images.push(PlannedImage {
@@ -428,10 +431,27 @@ fn version_context(
     recipe_value: &serde_json::Value,
     facts: &Facts,
 ) -> RenderContext {
-    let jdk = recipe.jdk_for(&facts.version);
-    let choice = recipe.line_choice(&facts.version);
-    let mut flags = crate::hadoop::compat_jvm_flags(&facts.java.runtime, jdk.java_version);
-    flags.extend(choice.jvm_flags.iter().cloned());
+    let jdk = match (
+        recipe.jdk_for(&facts.version),
+        recipe.line_choice(&facts.version),
+    ) {
+        (Some(jdk), Some(choice)) => {
+            let mut flags = crate::hadoop::compat_jvm_flags(&facts.java.runtime, jdk.java_version);
+            flags.extend(choice.jvm_flags.iter().cloned());
+            serde_json::json!({
+                "name": jdk.name,
+                "java_version": jdk.java_version,
+                "java_home": jdk.java_home,
+                "jvm_flags": flags,
+                "unsupported": choice.accept_unsupported,
+            })
+        }
+        // The base provides Java at /opt/java; nothing is known of its version.
+        _ => serde_json::json!({
+            "name": "base", "java_version": null, "java_home": format!("/{}", base::JAVA_LINK),
+            "jvm_flags": [], "unsupported": null,
+        }),
+    };
     let mut hadoop = serde_json::to_value(facts).expect("facts serialize");
     hadoop["ports"] = serde_json::to_value(facts.ports()).expect("ports serialize");
     hadoop["major"] = facts.major().into();
@@ -439,13 +459,7 @@ fn version_context(
         recipe: recipe_value.clone(),
         user: recipe.user.clone(),
         hadoop: Some(hadoop),
-        jdk: Some(serde_json::json!({
-            "name": jdk.name,
-            "java_version": jdk.java_version,
-            "java_home": jdk.java_home,
-            "jvm_flags": flags,
-            "unsupported": choice.accept_unsupported,
-        })),
+        jdk: Some(jdk),
         vars: recipe.vars.clone(),
     }
 }
@@ -788,7 +802,10 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
             hadoop_version: img.version.clone(),
             manifest: written.manifest.digest.clone(),
             config: written.config.digest.clone(),
-            jdk: img.version.as_ref().map(|v| recipe.jdk_for(v).name.clone()),
+            jdk: img
+                .version
+                .as_ref()
+                .and_then(|v| recipe.jdk_for(v).map(|j| j.name.clone())),
             layers: layers.iter().map(|l| l.digest.to_string()).collect(),
             carries_private_key: carries_key,
         });
@@ -919,12 +936,16 @@ fn image_spec(
     if let Some(v) = &img.version {
         env.insert("HADOOP_VERSION".into(), v.clone());
         labels.insert(oci::LABEL_HADOOP_VERSION.to_string(), v.clone());
-        let jdk = recipe.jdk_for(v);
-        labels.insert(
-            oci::LABEL_JDK.to_string(),
-            format!("{} (Java {})", jdk.name, jdk.java_version),
-        );
-        if let Some(why) = &recipe.line_choice(v).accept_unsupported {
+        if let Some(jdk) = recipe.jdk_for(v) {
+            labels.insert(
+                oci::LABEL_JDK.to_string(),
+                format!("{} (Java {})", jdk.name, jdk.java_version),
+            );
+        }
+        if let Some(why) = recipe
+            .line_choice(v)
+            .and_then(|c| c.accept_unsupported.as_ref())
+        {
             labels.insert(oci::LABEL_JDK_UNSUPPORTED.to_string(), why.clone());
         }
     }

@@ -730,7 +730,8 @@ pub fn validate(
             },
         );
     }
-    for v in &versions {
+    // A recipe without any [jdk] relies on its base for Java: no JDK layer, no per-line choice.
+    for v in versions.iter().filter(|_| !jdks.is_empty()) {
         let line = crate::hadoop::line_of(v);
         if !lines.contains_key(&line) {
             return Err(cx.err(
@@ -955,12 +956,13 @@ impl Recipe {
         format!("{}:{version}", self.name)
     }
 
-    pub fn line_choice(&self, version: &str) -> &LineChoice {
-        &self.lines[&crate::hadoop::line_of(version)]
+    /// The JDK choice of a version's line (None: the recipe has no JDK; the base provides Java).
+    pub fn line_choice(&self, version: &str) -> Option<&LineChoice> {
+        self.lines.get(&crate::hadoop::line_of(version))
     }
 
-    pub fn jdk_for(&self, version: &str) -> &Jdk {
-        &self.jdks[&self.line_choice(version).jdk]
+    pub fn jdk_for(&self, version: &str) -> Option<&Jdk> {
+        self.line_choice(version).map(|c| &self.jdks[&c.jdk])
     }
 
     /// Settings later commands need from the store alone.

@@ -1,0 +1,535 @@
+//! The build spine on the tiny reference project: reproducibility, pinned digests, the OCI tools,
+//! caching, concurrency, and SIGKILL safety. Runs the real binary.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// The manifest digests of the tiny reference recipe. They change only when the bytes strata
+/// writes change (tar format, compression, config or manifest shape, the repo's layers or
+/// catalogue): review such a change like code, then update these.
+const PINNED: &[(&str, &str)] = &[
+    (
+        "tiny:2.10.2",
+        "sha256:89107b8c83e8bdfaf8a8a1a466749cde3862336ec87307ae15913af3e0439d7c",
+    ),
+    (
+        "tiny:3.3.6",
+        "sha256:5c5bb4481cb6fd7d966d8a18a2d1a46cb4cc6f1c7df69b84cb6f18019d01c2d7",
+    ),
+    (
+        "tiny:base",
+        "sha256:a2867fe4eb235f5d6fae5c65eaa602467c30c3c68ae6a561d9932db8815ddd46",
+    ),
+];
+
+fn build_ok(p: &Project, out: &Path) -> serde_json::Value {
+    json(&ok(p.build(out)))
+}
+
+#[test]
+fn builds_are_identical_across_dirs_caches_umask_tz_and_mtimes() {
+    let a = Project::new();
+    let b = Project::new();
+    // Different file mtimes in b's inputs.
+    for e in walkdir::WalkDir::new(b.root().join("layers")) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let f = std::fs::File::options().write(true).open(e.path()).unwrap();
+            f.set_modified(
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_234_567),
+            )
+            .unwrap();
+        }
+    }
+    let out_a = a.root().join("out-a");
+    let out_b = b.root().join("nested/other-out");
+    let ra = build_ok(&a, &out_a);
+    // b: another umask and time zone, through a shell.
+    let mut c = strata(&b.root().join("cache"));
+    c.env("TZ", "Pacific/Kiritimati");
+    let bin = env!("CARGO_BIN_EXE_strata");
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(format!(
+        "umask 077; exec {bin} build {} -o {} --json",
+        b.recipe().display(),
+        out_b.display()
+    ));
+    for (k, v) in c.get_envs() {
+        if let Some(v) = v {
+            sh.env(k, v);
+        }
+    }
+    let rb = json(&ok(sh));
+    assert_eq!(
+        ra["layers-built"], rb["layers-built"],
+        "both builds start from an empty cache"
+    );
+    let da = index_digests(&out_a);
+    let db = index_digests(&out_b);
+    assert_eq!(da.len(), 3, "two versions and tiny:base: {da:?}");
+    assert_eq!(da, db, "same inputs must give the same manifest digests");
+
+    let pinned: std::collections::BTreeMap<String, String> = PINNED
+        .iter()
+        .map(|(n, d)| (n.to_string(), d.to_string()))
+        .collect();
+    if pinned.values().any(|d| d == "PIN") {
+        panic!("pin these digests in tests/spine.rs: {da:#?}");
+    }
+    assert_eq!(
+        da, pinned,
+        "the reference recipe's digests moved: if intended, review and re-pin"
+    );
+}
+
+#[test]
+fn every_image_passes_umoci_skopeo_and_the_schemas() {
+    if !(require("umoci") && require("skopeo")) {
+        return;
+    }
+    let p = Project::new();
+    let out = p.root().join("out");
+    build_ok(&p, &out);
+    for (name, _) in index_digests(&out) {
+        let tag = name.split_once(':').unwrap().1;
+        let unpack = p.root().join(format!("unpack-{tag}"));
+        let mut u = Command::new("umoci");
+        u.args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:{tag}", out.display()))
+            .arg(&unpack);
+        ok(u);
+        assert!(
+            unpack.join("rootfs/etc/passwd").is_file(),
+            "{name}: unpacked rootfs has /etc/passwd"
+        );
+        let mut s = Command::new("skopeo");
+        s.arg("inspect").arg(format!("oci:{}:{tag}", out.display()));
+        let info = json(&ok(s));
+        assert_eq!(info["Architecture"], "amd64");
+        if tag != "base" {
+            assert_eq!(info["Labels"]["hadoop.version"], tag);
+        }
+    }
+    let mut v = Command::new("/usr/bin/python3");
+    v.arg(repo().join("tests/tools/validate_oci.py")).arg(&out);
+    let o = ok(v);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("ok: 8 documents"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn the_base_layer_is_one_blob_shared_by_every_image() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    build_ok(&p, &out);
+    let names: Vec<String> = index_digests(&out).into_keys().collect();
+    let firsts: std::collections::BTreeSet<String> = names
+        .iter()
+        .map(|n| {
+            manifest(&out, n)["layers"][0]["digest"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        firsts.len(),
+        1,
+        "every image starts with the same base blob"
+    );
+    // Stored once: one file per distinct blob, and the blob directory holds no copies.
+    let blobs = std::fs::read_dir(out.join("blobs/sha256")).unwrap().count();
+    let mut distinct = std::collections::BTreeSet::new();
+    for n in &names {
+        let m = manifest(&out, n);
+        distinct.insert(m["config"]["digest"].as_str().unwrap().to_string());
+        for l in m["layers"].as_array().unwrap() {
+            distinct.insert(l["digest"].as_str().unwrap().to_string());
+        }
+    }
+    // + manifests + the store record
+    assert_eq!(blobs, distinct.len() + names.len() + 1);
+}
+
+#[test]
+fn a_noop_rebuild_builds_nothing_and_keeps_the_index() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    let first = build_ok(&p, &out);
+    assert!(first["layers-built"].as_u64().unwrap() >= 4, "{first}");
+    let before = snapshot(&out);
+    let again = build_ok(&p, &out);
+    assert_eq!(again["layers-built"], 0, "{again}");
+    assert_eq!(again["index-changed"], false);
+    assert_eq!(snapshot(&out), before, "a no-op rebuild writes nothing");
+}
+
+#[test]
+fn one_changed_file_rebuilds_only_its_layer() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    build_ok(&p, &out);
+    let before = index_digests(&out);
+    let bashrc = p.root().join("layers/user-env/root/home/hadoop/.bashrc");
+    let mut s = std::fs::read_to_string(&bashrc).unwrap();
+    s.push_str("# a local change\n");
+    std::fs::write(&bashrc, s).unwrap();
+    let r = build_ok(&p, &out);
+    assert_eq!(r["layers-built"], 1, "only user-env: {r}");
+    let after = index_digests(&out);
+    for (name, d) in &after {
+        assert_ne!(
+            &before[name], d,
+            "{name} uses user-env, so its manifest changes"
+        );
+    }
+}
+
+#[test]
+fn deleting_the_cache_does_not_change_a_digest() {
+    let p = Project::new();
+    let out1 = p.root().join("out1");
+    build_ok(&p, &out1);
+    std::fs::remove_dir_all(p.root().join("cache")).unwrap();
+    let out2 = p.root().join("out2");
+    build_ok(&p, &out2);
+    assert_eq!(index_digests(&out1), index_digests(&out2));
+}
+
+#[test]
+fn images_carry_accounts_keys_and_configs_with_declared_modes() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    build_ok(&p, &out);
+    let m = manifest(&out, "tiny:3.3.6");
+    let layers = m["layers"].as_array().unwrap();
+    let names: Vec<&str> = layers
+        .iter()
+        .map(|l| l["annotations"]["io.strata.layer"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["base", "jdk-tiny-11", "user-env", "hadoop-conf-3.3.6"],
+        "shared layers first"
+    );
+    let user_env = layer_files(&out, layers[2]["digest"].as_str().unwrap());
+    let passwd = String::from_utf8(user_env["etc/passwd"].3.clone()).unwrap();
+    assert!(
+        passwd.starts_with("root:x:0:0:root:/root:/bin/sh\ndaemon:"),
+        "base accounts kept:\n{passwd}"
+    );
+    assert!(passwd.contains("hadoop:x:1000:1000:Hadoop:/home/hadoop:/bin/bash\n"));
+    let (mode, uid, gid, _) = &user_env["etc/shadow"];
+    assert_eq!(
+        (*mode, *uid, *gid),
+        (0o640, 0, 42),
+        "shadow keeps the base's owner and mode"
+    );
+    assert_eq!(user_env["home/hadoop/.ssh"].0 & 0o7777, 0o700);
+    for f in ["id_ed25519", "id_ed25519.pub", "authorized_keys"] {
+        let (mode, uid, gid, _) = &user_env[&format!("home/hadoop/.ssh/{f}")];
+        assert_eq!((*mode & 0o7777, *uid, *gid), (0o600, 1000, 1000), "{f}");
+    }
+    let fixture_pub = std::fs::read_to_string(fixture_key().with_extension("pub")).unwrap();
+    let auth = String::from_utf8(user_env["home/hadoop/.ssh/authorized_keys"].3.clone()).unwrap();
+    assert_eq!(
+        auth.split_whitespace().nth(1),
+        fixture_pub.split_whitespace().nth(1)
+    );
+    assert_eq!(
+        user_env["usr/local/lib/strata/bin/strata-boot"].0 & 0o7777,
+        0o755
+    );
+    // The image says it carries a private key.
+    let cfg = blob_json(&out, m["config"]["digest"].as_str().unwrap());
+    assert_eq!(
+        cfg["config"]["Labels"]["io.strata.carries-private-key"],
+        "true"
+    );
+    // The tarball JDK sits under its java-home, with /opt/java pointing at it.
+    let jdk = layer_files(&out, layers[1]["digest"].as_str().unwrap());
+    assert!(
+        jdk.contains_key("usr/lib/jvm/tiny-11/bin/java"),
+        "{:?}",
+        jdk.keys().collect::<Vec<_>>()
+    );
+    // The base keeps its device node, setuid bit and absolute symlink.
+    let base = layer_files(&out, layers[0]["digest"].as_str().unwrap());
+    assert_eq!(base["usr/bin/passwd"].0 & 0o7777, 0o4755);
+    assert!(base.contains_key("dev/null"));
+    let conf = layer_files(&out, layers[3]["digest"].as_str().unwrap());
+    assert!(conf.contains_key("etc/hadoop/workers") && !conf.contains_key("etc/hadoop/slaves"));
+    let conf2 = layer_files(
+        &out,
+        manifest(&out, "tiny:2.10.2")["layers"][3]["digest"]
+            .as_str()
+            .unwrap(),
+    );
+    assert!(conf2.contains_key("etc/hadoop/slaves") && !conf2.contains_key("etc/hadoop/workers"));
+}
+
+#[test]
+fn the_private_key_never_reaches_logs_reports_or_cache_records() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    let build = ok(p.build(&out));
+    let key = std::fs::read_to_string(fixture_key()).unwrap();
+    let secret_line = key.lines().nth(1).unwrap().to_string();
+    let mut texts = vec![
+        String::from_utf8_lossy(&build.stdout).into_owned(),
+        stderr(&build),
+    ];
+    for args in [vec!["ls"], vec!["inspect", "tiny:3.3.6"], vec!["plan"]] {
+        let mut c = strata(&p.root().join("cache"));
+        c.args(&args).arg("-o").arg(&out);
+        if args[0] == "plan" {
+            c.arg(p.recipe());
+        }
+        let o = ok(c);
+        texts.push(String::from_utf8_lossy(&o.stdout).into_owned());
+        texts.push(stderr(&o));
+    }
+    texts.push(std::fs::read_to_string(out.join("index.json")).unwrap());
+    for e in walkdir::WalkDir::new(p.root().join("cache/layers")) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            texts.push(std::fs::read_to_string(e.path()).unwrap());
+        }
+    }
+    for t in &texts {
+        assert!(
+            !t.contains("PRIVATE KEY") && !t.contains(&secret_line),
+            "the key leaked into:\n{t}"
+        );
+    }
+}
+
+#[test]
+fn concurrent_builds_on_one_store_both_succeed() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    let mut a = p.build(&out);
+    let mut b = p.build(&out);
+    let ha = a
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hb = b
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (oa, ob) = (
+        ha.wait_with_output().unwrap(),
+        hb.wait_with_output().unwrap(),
+    );
+    assert!(oa.status.success(), "{}", stderr(&oa));
+    assert!(ob.status.success(), "{}", stderr(&ob));
+    let mut v = strata(&p.root().join("cache"));
+    v.arg("verify").arg("-o").arg(&out);
+    ok(v);
+    assert_eq!(index_digests(&out).len(), 3);
+}
+
+/// Kills the real process at a failpoint; the store must verify and the next build complete.
+fn kill_at(failpoint: &str, fresh_store: bool) {
+    let p = Project::new();
+    let out = p.root().join("out");
+    if !fresh_store {
+        build_ok(&p, &out);
+        // Make the next build do real work.
+        let bashrc = p.root().join("layers/user-env/root/home/hadoop/.bashrc");
+        std::fs::write(
+            &bashrc,
+            format!("{}# changed\n", std::fs::read_to_string(&bashrc).unwrap()),
+        )
+        .unwrap();
+    }
+    let before = snapshot(&out);
+    let mut c = p.build(&out);
+    c.env("STRATA_FAILPOINT", failpoint)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    // Wait (bounded) for the failpoint message, then SIGKILL.
+    let mut err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(&mut err)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("failpoint") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("failpoint {failpoint} never reached"));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    if !fresh_store {
+        let mut v = strata(&p.root().join("cache"));
+        v.arg("verify").arg("-o").arg(&out).arg("--json");
+        let rep = json(&ok(v));
+        assert_eq!(rep["problems"].as_array().unwrap().len(), 0, "{rep}");
+        // The old index is still in force.
+        let after = snapshot(&out);
+        assert_eq!(
+            after.get("index.json"),
+            before.get("index.json"),
+            "the index was not half-replaced"
+        );
+    }
+    let r = build_ok(&p, &out);
+    assert!(r["images"].as_array().unwrap().len() == 3);
+    let mut v = strata(&p.root().join("cache"));
+    v.arg("verify").arg("-o").arg(&out);
+    ok(v);
+}
+
+#[test]
+fn sigkill_while_a_layer_blob_is_written() {
+    kill_at("layer-write", false);
+}
+
+#[test]
+fn sigkill_while_a_store_blob_is_written() {
+    kill_at("store-blob", false);
+}
+
+#[test]
+fn sigkill_while_the_index_is_written() {
+    kill_at("index-write", false);
+}
+
+#[test]
+fn verify_finds_a_corrupt_blob_and_gc_removes_garbage() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    build_ok(&p, &out);
+    // Garbage: an unreferenced blob.
+    std::fs::write(out.join("blobs/sha256").join("0".repeat(64)), b"junk").unwrap();
+    let mut gc = strata(&p.root().join("cache"));
+    gc.args(["gc", "--json", "-o"]).arg(&out);
+    let r = json(&ok(gc));
+    assert_eq!(r["removed-blobs"], 1, "{r}");
+    // Corruption: flip a byte of the base layer.
+    let base = manifest(&out, "tiny:3.3.6")["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let path = out.join("blobs/sha256").join(&base);
+    let mut data = std::fs::read(&path).unwrap();
+    let n = data.len() / 2;
+    data[n] ^= 0xff;
+    std::fs::write(&path, data).unwrap();
+    let mut v = strata(&p.root().join("cache"));
+    v.arg("verify").arg("-o").arg(&out);
+    let o = run(v);
+    assert_eq!(o.status.code(), Some(4), "damaged store exit code");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains(&base), "names the corrupt blob: {text}");
+}
+
+#[test]
+fn ls_inspect_diff_and_export() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    build_ok(&p, &out);
+    let cache = p.root().join("cache");
+    let mut c = strata(&cache);
+    c.args(["ls", "--json", "-o"]).arg(&out);
+    let rows = json(&ok(c));
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tiny:base", "tiny:2.10.2", "tiny:3.3.6"]);
+
+    let mut c = strata(&cache);
+    c.args(["inspect", "tiny:3.3.6", "--json", "-o"]).arg(&out);
+    let i = json(&ok(c));
+    let layers = i["layers"].as_array().unwrap();
+    assert_eq!(layers[0]["name"], "base");
+    let shared: Vec<&str> = layers[0]["shared-with"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(shared, ["tiny:base", "tiny:2.10.2"]);
+    assert!(
+        layers[3]["shared-with"].as_array().unwrap().is_empty(),
+        "the per-version layer is its own"
+    );
+    let pk: Vec<(String, String)> = serde_json::from_value(i["packages"].clone()).unwrap();
+    assert_eq!(
+        pk,
+        [
+            ("base-files".to_string(), "12.4".to_string()),
+            ("tiny-tools".into(), "1.0-1".into())
+        ]
+    );
+
+    let mut c = strata(&cache);
+    c.args(["diff", "tiny:2.10.2", "3.3.6", "--json", "-o"])
+        .arg(&out);
+    let d = json(&ok(c));
+    let l = d["layers"].as_array().unwrap();
+    assert_eq!(l[0]["shared"], true);
+    assert_eq!(l[3]["shared"], false);
+    let changed: Vec<&str> = l[3]["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(changed.contains(&"etc/hadoop/hdfs-site.xml"), "{changed:?}");
+    let added: Vec<&str> = l[3]["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(added.contains(&"etc/hadoop/workers"), "{added:?}");
+
+    // Unknown image: bad input (2) with the names it holds.
+    let mut c = strata(&cache);
+    c.args(["inspect", "tiny:9.9.9", "-o"]).arg(&out);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("tiny:3.3.6"), "{}", stderr(&o));
+
+    // Export: a deterministic archive that skopeo reads as an OCI archive.
+    let a1 = p.root().join("a1.tar");
+    let a2 = p.root().join("a2.tar");
+    for a in [&a1, &a2] {
+        let mut c = strata(&cache);
+        c.args(["export", "tiny:3.3.6", "--oci-archive"])
+            .arg(a)
+            .arg("-o")
+            .arg(&out);
+        ok(c);
+    }
+    assert_eq!(std::fs::read(&a1).unwrap(), std::fs::read(&a2).unwrap());
+    if require("skopeo") {
+        let mut s = Command::new("skopeo");
+        s.arg("inspect")
+            .arg(format!("oci-archive:{}:3.3.6", a1.display()));
+        let info = json(&ok(s));
+        assert_eq!(info["Labels"]["hadoop.version"], "3.3.6");
+    }
+}

@@ -428,7 +428,7 @@ pub fn reroot(entries: Vec<Entry>, strip: usize, prefix: &str) -> Result<Vec<Ent
         out.push(e);
     }
     if out.is_empty() {
-        bail!("the tarball has nothing below {strip} leading path component(s)");
+        crate::bad!("the tarball has nothing below {strip} leading path component(s)");
     }
     // Parents of the prefix.
     let mut acc = String::new();

@@ -116,12 +116,12 @@ pub fn unpacked_tar(cache: &Cache, download: &Path, sha512: &str) -> Result<Path
     let mut tmp = tempfile::Builder::new()
         .prefix(TMP_PREFIX)
         .tempfile_in(dest.parent().expect("tars dir"))?;
-    io::copy(&mut reader, tmp.as_file_mut()).with_context(|| {
-        format!(
-            "decompressing {} (truncated or corrupt?)",
+    if let Err(e) = io::copy(&mut reader, tmp.as_file_mut()) {
+        crate::bad!(
+            "{}: cannot decompress it ({e}): the download is truncated or corrupt",
             download.display()
-        )
-    })?;
+        );
+    }
     tmp.persist(&dest)?;
     Ok(dest)
 }

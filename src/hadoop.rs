@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -159,14 +159,14 @@ impl Facts {
     fn check(&self, file: &Path) -> Result<()> {
         let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         if stem != self.version {
-            bail!(
+            crate::bad!(
                 "{}: version {:?} does not match the file name",
                 file.display(),
                 self.version
             );
         }
         if line_of(&self.version) != self.line {
-            bail!(
+            crate::bad!(
                 "{}: line {:?} does not match version {}",
                 file.display(),
                 self.line,
@@ -175,11 +175,11 @@ impl Facts {
         }
         for name in PORT_NAMES {
             if self.port(name).is_none() {
-                bail!("{}: no [[port]] named {name:?}", file.display());
+                crate::bad!("{}: no [[port]] named {name:?}", file.display());
             }
         }
         if !["workers", "slaves"].contains(&self.layout.workers_file.as_str()) {
-            bail!(
+            crate::bad!(
                 "{}: layout.workers-file must be \"workers\" or \"slaves\"",
                 file.display()
             );
@@ -187,7 +187,7 @@ impl Facts {
         if let Some(s) = &self.dist.sha512
             && (s.len() != 128 || !s.chars().all(|c| c.is_ascii_hexdigit()))
         {
-            bail!("{}: dist.sha512 is not 128 hex digits", file.display());
+            crate::bad!("{}: dist.sha512 is not 128 hex digits", file.display());
         }
         Ok(())
     }
@@ -225,7 +225,7 @@ impl Catalogue {
             releases.insert(facts.version.clone(), facts);
         }
         if releases.is_empty() {
-            bail!(
+            crate::bad!(
                 "the Hadoop catalogue {} holds no *.toml file",
                 dir.display()
             );
@@ -262,7 +262,11 @@ pub fn parse(file: &Path, src: &str) -> Result<Facts> {
             .span()
             .map(|s| src[..s.start].matches('\n').count() + 1)
             .unwrap_or(1);
-        anyhow::anyhow!("{}:{line}: {}", file.display(), e.message())
+        anyhow::Error::from(crate::BadInput(format!(
+            "{}:{line}: {}",
+            file.display(),
+            e.message()
+        )))
     })?;
     facts.check(file)?;
     Ok(facts)

@@ -22,7 +22,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
 /// Bumped whenever the bytes [`write_tar`] produces for the same entries change; part of every
@@ -75,14 +75,18 @@ impl Content {
                 f.seek(SeekFrom::Start(*offset))?;
                 let n = io::copy(&mut f.take(*len), out)?;
                 if n != *len {
-                    bail!("{file:?} is shorter than expected ({n} of {len} bytes at {offset})");
+                    crate::bad!(
+                        "{file:?} is shorter than expected ({n} of {len} bytes at {offset})"
+                    );
                 }
             }
             Content::Path { path, len } => {
                 let f = File::open(path).with_context(|| format!("opening {path:?}"))?;
                 let n = io::copy(&mut f.take(*len + 1), out)?;
                 if n != *len {
-                    bail!("{path:?} changed while the layer was written ({n} != {len} bytes)");
+                    crate::bad!(
+                        "{path:?} changed while the layer was written ({n} != {len} bytes)"
+                    );
                 }
             }
         }
@@ -225,19 +229,19 @@ impl Entry {
 /// Checks a relative path for the shape every layer path must have.
 pub fn check_relative(path: &str) -> Result<()> {
     if path.is_empty() {
-        bail!("empty path");
+        crate::bad!("empty path");
     }
     if path.starts_with('/') {
-        bail!("absolute path {path:?}");
+        crate::bad!("absolute path {path:?}");
     }
     for comp in path.split('/') {
         match comp {
-            "" => bail!("empty component in {path:?}"),
-            "." | ".." => bail!("path {path:?} contains {comp:?}"),
+            "" => crate::bad!("empty component in {path:?}"),
+            "." | ".." => crate::bad!("path {path:?} contains {comp:?}"),
             _ => {}
         }
         if comp.contains('\0') {
-            bail!("path {path:?} contains a NUL byte");
+            crate::bad!("path {path:?} contains a NUL byte");
         }
     }
     Ok(())
@@ -249,7 +253,7 @@ pub fn normalize(mut entries: Vec<Entry>) -> Result<Vec<Entry>> {
     entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     for w in entries.windows(2) {
         if w[0].path == w[1].path {
-            bail!("two entries for the same path {:?}", w[0].path);
+            crate::bad!("two entries for the same path {:?}", w[0].path);
         }
     }
     let present: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
@@ -335,7 +339,7 @@ fn append_entry(b: &mut tar::Builder<&mut dyn Write>, e: &Entry, epoch: u64) -> 
     match &e.kind {
         Kind::Symlink(t) | Kind::Hardlink(t) => {
             if t.is_empty() {
-                bail!("link without a target");
+                crate::bad!("link without a target");
             }
             if t.len() > 100 || h.set_link_name_literal(t).is_err() {
                 pax.push(("linkpath".into(), t.as_bytes().to_vec()));
@@ -421,7 +425,7 @@ impl ContentReader {
 
     fn check_done(&self) -> Result<()> {
         if self.got != self.want {
-            bail!(
+            crate::bad!(
                 "{} gave {} bytes, expected {}",
                 self.what,
                 self.got,
@@ -460,8 +464,10 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
         .entries()
         .with_context(|| format!("reading tar {path:?}"))?
     {
-        let mut ent =
-            item.with_context(|| format!("reading tar {path:?} (truncated or not a tar?)"))?;
+        let mut ent = match item {
+            Ok(e) => e,
+            Err(e) => crate::bad!("{path:?}: {e}: not a tar archive, or a truncated one"),
+        };
         let raw_path = String::from_utf8(ent.path_bytes().into_owned())
             .map_err(|_| anyhow::anyhow!("{path:?}: an entry name is not UTF-8"))?;
         let Some(rel) =
@@ -474,7 +480,7 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
         let mut prefix = rel.as_str();
         while let Some((parent, _)) = prefix.rsplit_once('/') {
             if symlinks.contains(parent) {
-                bail!(
+                crate::bad!(
                     "{path:?}: entry {raw_path:?} passes through the symlink {parent:?}; refused"
                 );
             }
@@ -504,13 +510,13 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
             }
             tar::EntryType::Link => {
                 let t = link.unwrap_or_default();
-                let target = clean_tar_path(&t).ok().flatten().with_context(|| {
-                    format!(
+                let Some(target) = clean_tar_path(&t).ok().flatten() else {
+                    crate::bad!(
                         "{path:?}: hard link {raw_path:?} points outside the tree ({t:?}); refused"
-                    )
-                })?;
+                    );
+                };
                 if !seen.contains_key(&target) {
-                    bail!(
+                    crate::bad!(
                         "{path:?}: hard link {raw_path:?} points at {t:?}, which is not an earlier entry of the archive; refused"
                     );
                 }
@@ -518,7 +524,7 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 if !policy.allow_devices {
-                    bail!(
+                    crate::bad!(
                         "{path:?}: entry {raw_path:?} is a device node or FIFO; refused in this tarball"
                     );
                 }
@@ -531,7 +537,7 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
                 }
             }
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
-            other => bail!("{path:?}: entry {raw_path:?} has unsupported type {other:?}"),
+            other => crate::bad!("{path:?}: entry {raw_path:?} has unsupported type {other:?}"),
         };
         let mut xattrs = Vec::new();
         if let Some(exts) = ent.pax_extensions()? {
@@ -567,14 +573,14 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
 /// root itself; refuses `..` and absolute names.
 pub fn clean_tar_path(raw: &str) -> Result<Option<String>> {
     if raw.starts_with('/') {
-        bail!("absolute path {raw:?}; refused");
+        crate::bad!("absolute path {raw:?}; refused");
     }
     let parts: Vec<&str> = raw
         .split('/')
         .filter(|c| !c.is_empty() && *c != ".")
         .collect();
     if parts.contains(&"..") {
-        bail!("path {raw:?} contains `..`; refused");
+        crate::bad!("path {raw:?} contains `..`; refused");
     }
     if parts.is_empty() {
         return Ok(None);
@@ -604,7 +610,7 @@ pub fn relink_hardlinks(entries: &mut [Entry]) -> Result<()> {
             .get(&target)
             .with_context(|| format!("hard link target {target:?} is missing"))?;
         if matches!(entries[ti].kind, Kind::Hardlink(_)) {
-            bail!("hard link target {target:?} is itself a hard link");
+            crate::bad!("hard link target {target:?} is itself a hard link");
         }
         let mut members = links.clone();
         members.push(target.clone());

@@ -56,6 +56,14 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     exit::FAILURE
 }
 
+/// Returns a [`BadInput`] error (exit code 2) from the enclosing function.
+#[macro_export]
+macro_rules! bad {
+    ($($arg:tt)*) => {
+        return Err($crate::BadInput(format!($($arg)*)).into())
+    };
+}
+
 /// An input error that is not located in a recipe (an unknown image name, a bad tarball entry).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -36,7 +36,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use serde::Deserialize;
 
 use crate::layer::{Content, Entry, Kind, check_relative};
@@ -114,7 +114,11 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
                 .span()
                 .map(|s| src[..s.start].matches('\n').count() + 1)
                 .unwrap_or(1);
-            anyhow!("{}:{line}: {}", spec_path.display(), e.message())
+            anyhow::Error::from(crate::BadInput(format!(
+                "{}:{line}: {}",
+                spec_path.display(),
+                e.message()
+            )))
         })?
     } else {
         LayerToml::default()
@@ -180,7 +184,7 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
     if root.exists() {
         let canon_root = root.canonicalize()?;
         if !canon_root.starts_with(dir.canonicalize()?) {
-            bail!(
+            crate::bad!(
                 "{} leaves the layer directory through a symlink; refused",
                 root.display()
             );
@@ -237,7 +241,7 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
                     ));
                 }
             } else {
-                bail!(
+                crate::bad!(
                     "{}: only files, directories and symlinks belong in a layer directory",
                     item.path().display()
                 );
@@ -272,7 +276,7 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
 /// A symlink at `rel` (relative to the layer root) must resolve inside the layer root.
 fn check_link_inside(rel: &Path, target: &Path) -> Result<()> {
     if target.is_absolute() {
-        bail!(
+        crate::bad!(
             "absolute symlinks would point at the build host here; declare it in layer.toml [[link]] instead; refused"
         );
     }
@@ -284,7 +288,7 @@ fn check_link_inside(rel: &Path, target: &Path) -> Result<()> {
             _ => {}
         }
         if depth < 0 {
-            bail!("the symlink escapes the layer directory through `..`; refused");
+            crate::bad!("the symlink escapes the layer directory through `..`; refused");
         }
     }
     Ok(())
@@ -302,7 +306,7 @@ fn parse_owner(owner: &str, user: &User) -> Result<(u32, u32)> {
     {
         return Ok((u, g));
     }
-    bail!(
+    crate::bad!(
         "unknown owner {owner:?}: use \"root\", \"{}\" or \"uid:gid\"",
         user.name
     )
@@ -328,7 +332,10 @@ fn render_template(
     let located = |e: minijinja::Error| {
         let line = e.line().map(|l| format!(":{l}")).unwrap_or_default();
         let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
-        anyhow!("{name}{line}: template error: {}{detail}", e.kind())
+        anyhow::Error::from(crate::BadInput(format!(
+            "{name}{line}: template error: {}{detail}",
+            e.kind()
+        )))
     };
     env.render_named_str(&name, src, ctx).map_err(located)
 }

@@ -45,8 +45,7 @@ pub fn strata(cache: &Path) -> Command {
 }
 
 pub fn run(mut c: Command) -> Output {
-    let out = c.output().expect("strata runs");
-    out
+    c.output().expect("strata runs")
 }
 
 pub fn ok(c: Command) -> Output {
@@ -402,4 +401,110 @@ pub fn layer_files(store: &Path, digest: &str) -> BTreeMap<String, (u32, u64, u6
 pub fn manifest(store: &Path, name: &str) -> serde_json::Value {
     let d = index_digests(store);
     blob_json(store, &d[name])
+}
+
+/// A tiny HTTP/1.0 file server on 127.0.0.1 (for release tarball downloads); serves `dir` until
+/// the test process ends. Returns the base URL.
+pub fn serve_dir(dir: &Path) -> String {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut line = String::new();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            // Drain the headers.
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            let path = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/')
+                .to_string();
+            match std::fs::read(dir.join(&path)) {
+                Ok(data) => {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                        data.len()
+                    );
+                    let _ = s.write_all(&data);
+                }
+                Err(_) => {
+                    let _ = write!(s, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                }
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A raw tar entry for hostile tarballs: names are written as given, unchecked.
+pub enum Raw<'a> {
+    File(&'a str, &'a [u8]),
+    Dir(&'a str),
+    Symlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str),
+    Char(&'a str),
+}
+
+/// A .tar.gz with exactly these entries (bypassing every check, to test the reader's).
+pub fn raw_tar_gz(path: &Path, entries: &[Raw]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        let (name, ty, link, data): (&str, tar::EntryType, Option<&str>, &[u8]) = match e {
+            Raw::File(n, d) => (n, tar::EntryType::Regular, None, d),
+            Raw::Dir(n) => (n, tar::EntryType::Directory, None, b""),
+            Raw::Symlink(n, t) => (n, tar::EntryType::Symlink, Some(t), b""),
+            Raw::Hardlink(n, t) => (n, tar::EntryType::Link, Some(t), b""),
+            Raw::Char(n) => (n, tar::EntryType::Char, None, b""),
+        };
+        let raw = h.as_old_mut();
+        raw.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(l) = link {
+            raw.linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_entry_type(ty);
+        h.set_mode(if matches!(ty, tar::EntryType::Directory) {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_size(data.len() as u64);
+        h.set_mtime(EPOCH);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    write_gz(path, &tar);
+}
+
+/// A small, well-formed Hadoop release tarball.
+pub fn good_dist(path: &Path, version: &str) {
+    let top = format!("hadoop-{version}");
+    let bin = format!("{top}/bin/hadoop");
+    let lib = format!("{top}/share/hadoop/common/hadoop-common-{version}.jar");
+    let lnk = format!("{top}/bin/hadoop-link");
+    raw_tar_gz(
+        path,
+        &[
+            Raw::Dir(&format!("{top}/")),
+            Raw::Dir(&format!("{top}/bin/")),
+            Raw::File(&bin, b"#!/bin/sh\necho Hadoop test\n"),
+            Raw::Hardlink(&lnk, &bin),
+            Raw::Dir(&format!("{top}/share/hadoop/common/")),
+            Raw::File(&lib, b"PK fake jar"),
+        ],
+    );
 }

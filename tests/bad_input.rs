@@ -1,0 +1,368 @@
+//! Bad input: each case gets one clear error, a non-zero exit, and leaves the store exactly as it
+//! was. Also the release tarball layer (`[dist]`) from a local HTTP server.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// Builds once, applies `break_it`, rebuilds: checks the exit code, the message and that the
+/// store did not change by a byte.
+fn refused(break_it: impl FnOnce(&Project), code: i32, needles: &[&str]) {
+    let p = Project::new();
+    let out = p.root().join("out");
+    ok(p.build(&out));
+    let before = snapshot(&out);
+    break_it(&p);
+    let o = run(p.build(&out));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "exit code; stderr:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "the error should mention {n:?}:\n{err}");
+    }
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "one error:\n{err}"
+    );
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "the store must be exactly as it was"
+    );
+}
+
+fn set(p: &Project, from: &str, to: &str) {
+    p.edit_recipe(|s| {
+        assert!(s.contains(from), "fixture has {from:?}");
+        s.replacen(from, to, 1)
+    });
+}
+
+#[test]
+fn unknown_key_names_file_line_and_the_nearest_key() {
+    refused(
+        |p| {
+            set(
+                p,
+                "epoch = 1700000000",
+                "epoch = 1700000000\ncompresion = \"gzip\"",
+            )
+        },
+        2,
+        &["tiny.toml:6:", "compresion", "did you mean `compression`?"],
+    );
+}
+
+#[test]
+fn malformed_toml_names_the_line() {
+    refused(|p| set(p, "[base]", "[base\n"), 2, &["tiny.toml:7:"]);
+}
+
+#[test]
+fn a_missing_layer_directory() {
+    refused(
+        |p| {
+            set(
+                p,
+                "dir = \"layers/user-env\"",
+                "dir = \"layers/no-such-layer\"",
+            )
+        },
+        2,
+        &["layer.dir", "layers/no-such-layer", "does not exist"],
+    );
+}
+
+#[test]
+fn a_layer_directory_outside_the_project() {
+    refused(
+        |p| {
+            std::fs::create_dir_all(p.root().join("../outside-layer")).unwrap();
+            set(p, "dir = \"layers/user-env\"", "dir = \"../outside-layer\"");
+        },
+        2,
+        &["outside the project root", "refused"],
+    );
+}
+
+#[test]
+fn a_symlink_in_a_layer_that_escapes() {
+    refused(
+        |p| {
+            std::os::unix::fs::symlink(
+                "/etc/shadow",
+                p.root().join("layers/user-env/root/etc/strata/evil"),
+            )
+            .unwrap();
+        },
+        2,
+        &["evil", "refused"],
+    );
+}
+
+#[test]
+fn a_relative_symlink_that_climbs_out_of_the_layer() {
+    refused(
+        |p| {
+            std::os::unix::fs::symlink(
+                "../../../../../etc/passwd",
+                p.root().join("layers/user-env/root/etc/strata/up"),
+            )
+            .unwrap();
+        },
+        2,
+        &["escapes the layer directory", "refused"],
+    );
+}
+
+#[test]
+fn a_template_error_names_file_and_line() {
+    refused(
+        |p| {
+            std::fs::write(
+                p.root()
+                    .join("layers/hadoop-conf/root/etc/hadoop/broken.txt.j2"),
+                "fine\n{{ hadoop.no_such_fact.x }}\n",
+            )
+            .unwrap();
+        },
+        2,
+        &["broken.txt.j2:2", "template error"],
+    );
+}
+
+#[test]
+fn an_unknown_hadoop_version() {
+    refused(
+        |p| {
+            set(
+                p,
+                r#"versions = ["2.10.2", "3.3.6"]"#,
+                r#"versions = ["2.10.2", "3.3.7"]"#,
+            )
+        },
+        2,
+        &[
+            "unknown Hadoop version \"3.3.7\"",
+            "did you mean \"3.3.6\"?",
+        ],
+    );
+}
+
+#[test]
+fn a_duplicate_image_name() {
+    refused(
+        |p| {
+            set(
+                p,
+                r#"versions = ["2.10.2", "3.3.6"]"#,
+                r#"versions = ["3.3.6", "3.3.6"]"#,
+            )
+        },
+        2,
+        &["listed twice", "tiny:3.3.6"],
+    );
+}
+
+#[test]
+fn a_jdk_the_version_does_not_support() {
+    refused(
+        |p| set(p, "accept-unsupported = \"test fixture\"", ""),
+        2,
+        &[
+            "Hadoop 2.10 supports Java 7, 8 at run time",
+            "accept-unsupported",
+        ],
+    );
+}
+
+#[test]
+fn a_checksum_mismatch() {
+    refused(
+        |p| {
+            p.edit_recipe(|s| {
+                let start = s.find("sha512 = \"").unwrap() + 10;
+                format!("{}{}{}", &s[..start], "ab".repeat(64), &s[start + 128..])
+            })
+        },
+        3,
+        &["checksum mismatch", "expected sha512 abab", "found"],
+    );
+}
+
+/// A recipe with a `[dist]` layer served from a local HTTP server.
+fn with_dist(p: &Project, make: impl Fn(&Path, &str)) {
+    let srv = p.root().join("mirror");
+    std::fs::create_dir_all(&srv).unwrap();
+    let mut pins = String::new();
+    for v in ["2.10.2", "3.3.6"] {
+        let f = srv.join(format!("hadoop-{v}.tar.gz"));
+        make(&f, v);
+        pins.push_str(&format!("\"{v}\" = \"{}\"\n", sha512_hex(&f)));
+    }
+    let url = serve_dir(&srv);
+    p.edit_recipe(|s| format!("{s}\n[dist]\nmode = \"bake\"\nurl = \"{url}/hadoop-{{version}}.tar.gz\"\n[dist.sha512]\n{pins}"));
+}
+
+#[test]
+fn a_release_tarball_is_fetched_checked_and_repacked_under_opt() {
+    let p = Project::new();
+    with_dist(&p, good_dist);
+    let out = p.root().join("out");
+    let r = json(&ok(p.build(&out)));
+    let names: Vec<String> = r["images"][1]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "base",
+            "jdk-tiny-11",
+            "user-env",
+            "hadoop-dist-3.3.6",
+            "hadoop-conf-3.3.6"
+        ]
+    );
+    let m = manifest(&out, "tiny:3.3.6");
+    let dist = layer_files(&out, m["layers"][3]["digest"].as_str().unwrap());
+    assert!(
+        dist.contains_key("opt/hadoop-3.3.6/bin/hadoop"),
+        "{:?}",
+        dist.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        dist.keys()
+            .all(|k| k == "opt" || k.starts_with("opt/hadoop-3.3.6")),
+        "nothing outside /opt/hadoop-3.3.6"
+    );
+    // Cached by content: the next build downloads nothing and builds nothing.
+    let again = json(&ok(p.build(&out)));
+    assert_eq!(again["layers-built"], 0);
+}
+
+/// A hostile tarball's entries for a version: (name, link target, kind d/f/l/h/c).
+type Spec = fn(&str) -> Vec<(String, Option<String>, char)>;
+
+fn hostile(entries: Spec) -> impl Fn(&Path, &str) {
+    move |path: &Path, v: &str| {
+        let spec = entries(v);
+        let raw: Vec<Raw> = spec
+            .iter()
+            .map(|(n, l, k)| match k {
+                'd' => Raw::Dir(n),
+                'l' => Raw::Symlink(n, l.as_deref().unwrap()),
+                'h' => Raw::Hardlink(n, l.as_deref().unwrap()),
+                'c' => Raw::Char(n),
+                _ => Raw::File(n, b"x"),
+            })
+            .collect();
+        raw_tar_gz(path, &raw);
+    }
+}
+
+fn dist_refused(entries: Spec, needles: &[&str]) {
+    refused(|p| with_dist(p, hostile(entries)), 2, needles);
+}
+
+#[test]
+fn a_release_tarball_with_dotdot() {
+    dist_refused(
+        |v| {
+            vec![
+                (format!("hadoop-{v}/"), None, 'd'),
+                (format!("hadoop-{v}/../../etc/evil"), None, 'f'),
+            ]
+        },
+        &["`..`", "refused"],
+    );
+}
+
+#[test]
+fn a_release_tarball_with_an_absolute_entry() {
+    dist_refused(
+        |v| {
+            vec![
+                (format!("hadoop-{v}/"), None, 'd'),
+                ("/etc/evil".into(), None, 'f'),
+            ]
+        },
+        &["absolute path", "refused"],
+    );
+}
+
+#[test]
+fn a_release_tarball_with_a_hard_link_outside() {
+    dist_refused(
+        |v| {
+            vec![
+                (format!("hadoop-{v}/"), None, 'd'),
+                (
+                    format!("hadoop-{v}/shadow"),
+                    Some("../../../etc/shadow".into()),
+                    'h',
+                ),
+            ]
+        },
+        &["hard link", "refused"],
+    );
+}
+
+#[test]
+fn a_release_tarball_with_a_device_node() {
+    dist_refused(
+        |v| {
+            vec![
+                (format!("hadoop-{v}/"), None, 'd'),
+                (format!("hadoop-{v}/sda"), None, 'c'),
+            ]
+        },
+        &["device node", "refused"],
+    );
+}
+
+#[test]
+fn a_release_tarball_with_a_path_through_a_symlink() {
+    dist_refused(
+        |v| {
+            vec![
+                (format!("hadoop-{v}/"), None, 'd'),
+                (format!("hadoop-{v}/etc"), Some("/etc".into()), 'l'),
+                (format!("hadoop-{v}/etc/cron.d/evil"), None, 'f'),
+            ]
+        },
+        &["passes through the symlink", "refused"],
+    );
+}
+
+#[test]
+fn a_truncated_release_tarball() {
+    refused(
+        |p| {
+            with_dist(p, |path, v| {
+                good_dist(path, v);
+                let data = std::fs::read(path).unwrap();
+                std::fs::write(path, &data[..data.len() / 2]).unwrap();
+            })
+        },
+        2,
+        &["truncated or corrupt"],
+    );
+}
+
+#[test]
+fn a_release_download_that_is_not_a_tarball() {
+    refused(
+        |p| {
+            with_dist(p, |path, _| {
+                std::fs::write(path, b"<html>404 from a captive portal</html>".repeat(20)).unwrap()
+            })
+        },
+        2,
+        &["not a tar"],
+    );
+}

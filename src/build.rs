@@ -426,7 +426,7 @@ fn entries_key(entries: &[Entry]) -> Result<Vec<String>> {
 }
 
 /// The template context of one Hadoop version.
-fn version_context(
+pub fn version_context(
     recipe: &Recipe,
     recipe_value: &serde_json::Value,
     facts: &Facts,

@@ -1,0 +1,314 @@
+//! The default recipe (recipes/lab.toml) built for real, once, with mmdebstrap from the Debian
+//! mirror; many checks on that one store (build once, test many).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::*;
+
+struct Lab {
+    store: PathBuf,
+    cache: PathBuf,
+    report: serde_json::Value,
+}
+
+fn lab() -> Option<&'static Lab> {
+    static LAB: OnceLock<Option<Lab>> = OnceLock::new();
+    LAB.get_or_init(|| {
+        if !require("mmdebstrap") {
+            return None;
+        }
+        let dir = repo().join("target/lab-test");
+        let store = dir.join("output");
+        let cache = dir.join("cache");
+        let _ = std::fs::remove_dir_all(&store);
+        let mut c = strata(&cache);
+        c.current_dir(repo())
+            .args(["build", "--json", "-o"])
+            .arg(&store);
+        let out = ok(c);
+        Some(Lab {
+            store,
+            cache,
+            report: json(&out),
+        })
+    })
+    .as_ref()
+}
+
+const VERSIONS: [&str; 8] = [
+    "2.7.7", "2.8.5", "2.9.2", "2.10.2", "3.1.4", "3.2.4", "3.3.6", "3.4.1",
+];
+
+/// Runs a command inside an unpacked rootfs, with /proc mounted as a container has it (in a
+/// private mount namespace, so nothing leaks to the host).
+fn in_root(root: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = Command::new("unshare");
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t proc proc \"$0/proc\" && exec chroot \"$0\" \"$@\"",
+    ])
+    .arg(root)
+    .args(args);
+    c
+}
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+#[test]
+fn lab_builds_one_image_per_version_sharing_base_jdk_and_user_env() {
+    let Some(lab) = lab() else { return };
+    let names: Vec<&str> = lab.report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    let mut want: Vec<String> = VERSIONS.iter().map(|v| format!("hadoop-lab:{v}")).collect();
+    want.push("hadoop-lab:base".into());
+    assert_eq!(names, want);
+    let shared: Vec<Vec<String>> = VERSIONS
+        .iter()
+        .map(|v| {
+            manifest(&lab.store, &format!("hadoop-lab:{v}"))["layers"]
+                .as_array()
+                .unwrap()[..3]
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert!(
+        shared.windows(2).all(|w| w[0] == w[1]),
+        "base, jdk and user-env are the same blobs in every version"
+    );
+    // The shared part is an image of its own, for publishing the base alone.
+    let base = manifest(&lab.store, "hadoop-lab:base");
+    let base_layers: Vec<String> = base["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(base_layers, shared[0]);
+    // Stored once: the blob directory holds each distinct blob once, nothing else.
+    let files: Vec<_> = std::fs::read_dir(lab.store.join("blobs/sha256"))
+        .unwrap()
+        .collect();
+    let mut distinct = std::collections::BTreeSet::new();
+    for (n, d) in index_digests(&lab.store) {
+        distinct.insert(d.clone());
+        let m = manifest(&lab.store, &n);
+        distinct.insert(m["config"]["digest"].as_str().unwrap().to_string());
+        for l in m["layers"].as_array().unwrap() {
+            distinct.insert(l["digest"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(files.len(), distinct.len() + 1, "+1: the store record");
+}
+
+#[test]
+fn lab_images_pass_umoci_skopeo_and_the_schemas() {
+    let Some(lab) = lab() else { return };
+    if !(require("umoci") && require("skopeo")) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for v in VERSIONS.iter().chain(&["base"]) {
+        let dir = tmp.path().join(v);
+        let mut u = Command::new("umoci");
+        u.args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:{v}", lab.store.display()))
+            .arg(&dir);
+        ok(u);
+        let root = dir.join("rootfs");
+        for f in [
+            "etc/passwd",
+            "home/hadoop/.bashrc",
+            "usr/lib/jvm/java-11-openjdk-amd64/bin/java",
+            "usr/local/lib/strata/bin/strata-boot",
+        ] {
+            assert!(root.join(f).exists(), "{v}: /{f}");
+        }
+        if *v != "base" {
+            assert!(root.join("etc/hadoop/core-site.xml").is_file(), "{v}");
+            assert_eq!(
+                std::fs::read_link(root.join("opt/hadoop")).unwrap(),
+                PathBuf::from(format!("hadoop-{v}"))
+            );
+        }
+        assert!(
+            !root.join("etc/ssh/ssh_host_ed25519_key").exists(),
+            "{v}: no SSH host keys shipped"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut s = Command::new("skopeo");
+        s.arg("inspect")
+            .arg(format!("oci:{}:{v}", lab.store.display()));
+        let info = json(&ok(s));
+        if *v != "base" {
+            assert_eq!(info["Labels"]["hadoop.version"], *v);
+        }
+    }
+    let mut val = Command::new("/usr/bin/python3");
+    val.arg(repo().join("tests/tools/validate_oci.py"))
+        .arg(&lab.store);
+    ok(val);
+}
+
+#[test]
+fn lab_noop_rebuild_builds_nothing() {
+    let Some(lab) = lab() else { return };
+    let before = snapshot(&lab.store);
+    let mut c = strata(&lab.cache);
+    c.current_dir(repo())
+        .args(["build", "--json", "-o"])
+        .arg(&lab.store);
+    let r = json(&ok(c));
+    assert_eq!(r["layers-built"], 0, "{r}");
+    assert_eq!(snapshot(&lab.store), before);
+}
+
+#[test]
+fn lab_inspect_lists_the_base_packages_and_the_jdk() {
+    let Some(lab) = lab() else { return };
+    let mut c = strata(&lab.cache);
+    c.args(["inspect", "hadoop-lab:3.3.6", "--json", "-o"])
+        .arg(&lab.store);
+    let i = json(&ok(c));
+    let pk: Vec<(String, String)> = serde_json::from_value(i["packages"].clone()).unwrap();
+    for want in [
+        "openssh-server",
+        "procps",
+        "openjdk-11-jre-headless",
+        "base-files",
+    ] {
+        assert!(
+            pk.iter().any(|(p, v)| p == want && !v.is_empty()),
+            "{want} in {pk:?}"
+        );
+    }
+    assert!(
+        !pk.iter().any(|(p, _)| p.starts_with("linux-image")),
+        "no kernel in the container base"
+    );
+    assert_eq!(i["labels"]["io.strata.jdk"], "openjdk-11 (Java 11)");
+    assert_eq!(i["carries-private-key"], true);
+    let mut c = strata(&lab.cache);
+    c.args(["inspect", "hadoop-lab:2.7.7", "--json", "-o"])
+        .arg(&lab.store);
+    let old = json(&ok(c));
+    assert!(
+        old["labels"]["io.strata.jdk.unsupported"]
+            .as_str()
+            .unwrap()
+            .contains("no JDK 8")
+    );
+}
+
+#[test]
+fn lab_java_and_the_memory_derived_env_work_in_the_image() {
+    let Some(lab) = lab() else { return };
+    if !require("umoci") {
+        return;
+    }
+    if !is_root() {
+        eprintln!("SKIPPED: chroot needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for v in ["2.7.7", "3.4.1"] {
+        let dir = tmp.path().join(v);
+        let mut u = Command::new("umoci");
+        u.args(["unpack", "--image"])
+            .arg(format!("{}:{v}", lab.store.display()))
+            .arg(&dir);
+        ok(u);
+        let root = dir.join("rootfs");
+        let o = ok(in_root(&root, &["/opt/java/bin/java", "-version"]));
+        assert!(stderr(&o).contains("11."), "{v}: {}", stderr(&o));
+        // hadoop-env.sh computes the heap from the memory present now.
+        let e = in_root(
+            &root,
+            &[
+                "/bin/sh",
+                "-c",
+                ". /etc/hadoop/hadoop-env.sh; env | grep -E '^HADOOP_(HEAPSIZE|HEAPSIZE_MAX|PID_DIR)='",
+            ],
+        );
+        let out = String::from_utf8(ok(e).stdout).unwrap();
+        assert!(
+            out.contains("HADOOP_PID_DIR=/var/lib/hadoop/hadoop-lab-"),
+            "{v}: {out}"
+        );
+        let heap = out
+            .lines()
+            .find(|l| l.starts_with("HADOOP_HEAPSIZE"))
+            .unwrap();
+        let mb: u64 = heap
+            .split('=')
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('m')
+            .parse()
+            .unwrap();
+        assert!((256..=4096).contains(&mb), "{v}: {heap}");
+        // The hadoop user owns its home and keys.
+        let s = in_root(
+            &root,
+            &[
+                "/usr/bin/stat",
+                "-c",
+                "%U %a",
+                "/home/hadoop/.ssh",
+                "/home/hadoop/.ssh/id_ed25519",
+                "/home/hadoop/.ssh/authorized_keys",
+            ],
+        );
+        let st = String::from_utf8(ok(s).stdout).unwrap();
+        assert_eq!(st, "hadoop 700\nhadoop 600\nhadoop 600\n", "{v}");
+        // strata-boot fills the NodeManager memory from what the node has.
+        let mut b = in_root(&root, &["/usr/local/lib/strata/bin/strata-boot"]);
+        b.env("STRATA_NM_MEMORY_MB", "1536");
+        ok(b);
+        let yarn = std::fs::read_to_string(root.join("etc/hadoop/yarn-site.xml")).unwrap();
+        assert!(
+            yarn.contains("<value>1536</value><!-- strata:boot nm-memory-mb -->"),
+            "{v}"
+        );
+        assert!(
+            root.join("etc/ssh/ssh_host_ed25519_key").exists(),
+            "{v}: host keys made at boot"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn lab_rebuilt_from_scratch_gives_the_same_digests() {
+    let Some(lab) = lab() else { return };
+    // A second build with no cache at all: mmdebstrap runs again for the base and the JDK.
+    let tmp = tempfile::tempdir_in(repo().join("target")).unwrap();
+    let store = tmp.path().join("output");
+    let mut c = strata(&tmp.path().join("cache"));
+    c.current_dir(repo())
+        .args(["build", "--no-cache", "--json", "-o"])
+        .arg(&store);
+    let r = json(&ok(c));
+    assert_eq!(r["layers-cached"], 0, "{r}");
+    assert_eq!(
+        index_digests(&store),
+        index_digests(&lab.store),
+        "mmdebstrap bases must be byte-identical"
+    );
+}

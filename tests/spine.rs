@@ -533,3 +533,77 @@ fn ls_inspect_diff_and_export() {
         assert_eq!(info["Labels"]["hadoop.version"], "3.3.6");
     }
 }
+
+#[test]
+fn an_oci_image_layout_can_be_the_base_and_its_layers_are_reused_as_they_are() {
+    let p = Project::new();
+    let first = p.root().join("first");
+    build_ok(&p, &first);
+    let base_layers: Vec<String> = manifest(&first, "tiny:base")["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    // A second recipe on top of tiny:base, with only the per-version layer of its own.
+    let first_rel = first.strip_prefix(p.root()).unwrap().display().to_string();
+    p.edit_recipe(|s| {
+        let s = s.replace("name = \"tiny\"", "name = \"derived\"");
+        let s = s.replace(
+            "source = \"tarball\"\npath = \"inputs/rootfs.tar\"",
+            &format!("source = \"oci\"\npath = \"{first_rel}\"\nref = \"base\""),
+        );
+        // The base already has the JDK and the user environment.
+        let start = s.find("[jdk.tiny-11]").unwrap();
+        let end = s.find("[[layer]]\nname = \"hadoop-conf\"").unwrap();
+        format!("{}{}", &s[..start], &s[end..])
+    });
+    let out = p.root().join("derived");
+    build_ok(&p, &out);
+    let m = manifest(&out, "derived:3.3.6");
+    let layers: Vec<String> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(layers.len(), base_layers.len() + 1);
+    assert_eq!(
+        layers[..base_layers.len()],
+        base_layers[..],
+        "the OCI base's blobs are reused byte for byte"
+    );
+    let mut v = strata(&p.root().join("cache"));
+    v.arg("verify").arg("-o").arg(&out);
+    ok(v);
+}
+
+#[test]
+fn zstd_layers_verify_and_read_back() {
+    let p = Project::new();
+    p.edit_recipe(|s| {
+        s.replace(
+            "epoch = 1700000000",
+            "epoch = 1700000000\ncompression = \"zstd\"",
+        )
+    });
+    let out = p.root().join("out");
+    build_ok(&p, &out);
+    let m = manifest(&out, "tiny:3.3.6");
+    for l in m["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+    }
+    // verify decompresses every layer and checks its diff_id.
+    let mut v = strata(&p.root().join("cache"));
+    v.args(["verify", "--json", "-o"]).arg(&out);
+    let r = json(&ok(v));
+    assert_eq!(r["layers-decompressed"].as_u64().unwrap(), 5, "{r}");
+    if require("skopeo") {
+        let mut s = std::process::Command::new("skopeo");
+        s.arg("inspect").arg(format!("oci:{}:3.3.6", out.display()));
+        ok(s);
+    }
+}

@@ -30,6 +30,13 @@ use crate::recipe::{Base, Jdk, JdkSource};
 pub struct BaseInfo {
     pub packages: Vec<(String, String)>,
     pub accounts: BaseAccounts,
+    /// Java homes found in the base (`usr/lib/jvm/*` with `bin/java`, and `opt/java`), for
+    /// recipes without a JDK layer.
+    #[serde(default)]
+    pub java_homes: Option<Vec<String>>,
+    /// Uncompressed size of each layer of an OCI base, by digest.
+    #[serde(default)]
+    pub layer_sizes: std::collections::BTreeMap<String, u64>,
 }
 
 /// The key of a base's inputs (its content, for tarball bases).
@@ -167,10 +174,14 @@ pub fn ensure_base(
             )?;
         }
         Base::Tarball { path, .. } => {
-            let tar = decompressed(cache, path)?;
             std::fs::create_dir_all(&dir)?;
             let tmp = dir.join(format!(".tmp-{}.tar", std::process::id()));
-            std::fs::copy(&tar, &tmp)?;
+            let _ = std::fs::remove_file(&tmp);
+            let res = decompress_or_link(path, &tmp);
+            if let Err(e) = res {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             std::fs::rename(&tmp, &rootfs)?;
         }
         Base::Oci { .. } => bail!("an OCI base has no rootfs tarball"),
@@ -179,6 +190,8 @@ pub fn ensure_base(
     let info = BaseInfo {
         packages: dpkg_packages(&entries)?,
         accounts: BaseAccounts::from_entries(&entries)?,
+        java_homes: Some(java_homes(&entries)),
+        layer_sizes: Default::default(),
     };
     cache.write_json(&info_path, &info)?;
     Ok(PreparedBase {
@@ -188,14 +201,48 @@ pub fn ensure_base(
     })
 }
 
-/// A tarball as an uncompressed tar (gzip and zstd are decompressed into the cache once).
-fn decompressed(cache: &Cache, path: &Path) -> Result<PathBuf> {
-    let sha = crate::fetch::sha512_file(path)?;
-    let dl = cache.root.join("downloads/sha512").join(&sha);
-    if !dl.exists() {
-        std::fs::copy(path, &dl).with_context(|| format!("copying {}", path.display()))?;
+/// Puts a rootfs tarball at `dest` uncompressed (gzip and zstd are decompressed): the cache's one
+/// copy, read in place by offset.
+fn decompress_or_link(src: &Path, dest: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(src)
+        .with_context(|| format!("opening {}", src.display()))?
+        .read(&mut magic)?;
+    let f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(src)?);
+    let mut reader: Box<dyn Read> = match &magic[..n] {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(f)),
+        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::new(f)?),
+        _ => {
+            // A copy, not a hard link: an in-place edit of the user's file must not change what
+            // the cache holds under the old content's key.
+            std::fs::copy(src, dest).with_context(|| format!("copying {}", src.display()))?;
+            return Ok(());
+        }
+    };
+    let mut out = std::fs::File::create(dest)?;
+    if let Err(e) = std::io::copy(&mut reader, &mut out) {
+        crate::bad!(
+            "{}: cannot decompress it ({e}): truncated or corrupt",
+            src.display()
+        );
     }
-    crate::fetch::unpacked_tar(cache, &dl, &sha)
+    Ok(())
+}
+
+/// The Java homes of a root filesystem: `opt/java` if present, and each `usr/lib/jvm/<jdk>` with a
+/// `bin/java`.
+pub fn java_homes(entries: &[Entry]) -> Vec<String> {
+    let mut out: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.path.strip_suffix("/bin/java"))
+        .filter(|home| home.starts_with("usr/lib/jvm/") && home.matches('/').count() == 3)
+        .map(|h| format!("/{h}"))
+        .collect();
+    if entries.iter().any(|e| e.path == JAVA_LINK) {
+        out.insert(0, format!("/{JAVA_LINK}"));
+    }
+    out
 }
 
 /// Reads a root filesystem tar into normalized layer entries.

@@ -25,8 +25,9 @@ use crate::hadoop::{Catalogue, Facts};
 use crate::keys::{self, ClusterKey};
 use crate::layer::{self, Entry, Kind, TAR_FORMAT};
 use crate::oci::{self, ImageSpec};
+use crate::policy::{BudgetExceeded, FileInfo, ImageSizes, LayerSize, Overrides, Verdicts};
 use crate::progress::Progress;
-use crate::recipe::{Base, Origin, Recipe};
+use crate::recipe::{Base, DIST_MOUNT, DistMode, Origin, Recipe};
 use crate::render::{self, Context as RenderContext};
 use crate::store::{
     ANNOTATION_IMAGE_NAME, ANNOTATION_RECORD, BlobInfo, BlobWriter, ImageRecord, LayerRecord,
@@ -43,6 +44,8 @@ pub struct Options {
     pub refresh_base: bool,
     pub only: Vec<String>,
     pub quiet: bool,
+    /// `--image-budget`, `--layer-budget`, `--min-shared`.
+    pub overrides: Overrides,
 }
 
 /// A built layer as the cache remembers it (content facts only, no name).
@@ -83,6 +86,8 @@ enum Producer {
 /// One layer of the plan.
 pub struct PlannedLayer {
     pub name: String,
+    /// What budgets name it by: `base`, `jdk-<name>`, the `[[layer]]` name, `hadoop-dist`.
+    pub family: String,
     pub key: String,
     producer: Producer,
 }
@@ -116,6 +121,8 @@ pub struct BuildReport {
     pub layers_cached: usize,
     pub index_changed: bool,
     pub seconds: f64,
+    /// Budgets and sharing (absent when the recipe sets no policy).
+    pub policy: Option<Verdicts>,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,17 +173,22 @@ pub fn make_plan(
 
     let mut layers: Vec<PlannedLayer> = Vec::new();
     let mut by_key: HashMap<String, usize> = HashMap::new();
-    let mut add =
-        |layers: &mut Vec<PlannedLayer>, name: String, key: String, producer: Producer| -> usize {
-            *by_key.entry(key.clone()).or_insert_with(|| {
-                layers.push(PlannedLayer {
-                    name,
-                    key,
-                    producer,
-                });
-                layers.len() - 1
-            })
-        };
+    let mut add = |layers: &mut Vec<PlannedLayer>,
+                   family: &str,
+                   name: String,
+                   key: String,
+                   producer: Producer|
+     -> usize {
+        *by_key.entry(key.clone()).or_insert_with(|| {
+            layers.push(PlannedLayer {
+                name,
+                family: family.to_string(),
+                key,
+                producer,
+            });
+            layers.len() - 1
+        })
+    };
 
     // Base.
     let mut base_layers = Vec::new();
@@ -190,6 +202,7 @@ pub fn make_plan(
                 let key = format!("oci-{}", rec.digest.digest());
                 base_layers.push(add(
                     &mut layers,
+                    "base",
                     format!("base-{i}"),
                     key,
                     Producer::Imported(rec, blob),
@@ -202,22 +215,30 @@ pub fn make_plan(
                     .collect::<Vec<_>>(),
             );
             base_info = oci_base_info(cache, &ident, &layers, &base_layers)?;
+            for &i in &base_layers {
+                if let Producer::Imported(rec, _) = &mut layers[i].producer {
+                    rec.uncompressed_size = base_info
+                        .layer_sizes
+                        .get(&rec.digest.to_string())
+                        .copied()
+                        .unwrap_or(0);
+                }
+            }
             base_identity = Some(ident);
         }
         b => {
             let tar_sha = match b {
                 Base::Tarball { path, sha256 } => {
-                    let (d, _) = crate::store::hash_reader(std::fs::File::open(path)?)?;
+                    let d = cache.file_sha256(path)?;
                     if let Some(want) = sha256
-                        && !want.eq_ignore_ascii_case(d.digest())
+                        && !want.eq_ignore_ascii_case(&d)
                     {
                         bail!(
-                            "checksum mismatch for base tarball {}: expected sha256 {want}, found {}",
-                            path.display(),
-                            d.digest()
+                            "checksum mismatch for base tarball {}: expected sha256 {want}, found {d}",
+                            path.display()
                         );
                     }
-                    Some(d.digest().to_string())
+                    Some(d)
                 }
                 _ => None,
             };
@@ -244,6 +265,7 @@ pub fn make_plan(
                 .unwrap_or_else(|| format!("unbuilt-{key}"));
             base_layers.push(add(
                 &mut layers,
+                "base",
                 "base".into(),
                 fmt_key("base", serde_json::json!(ident)),
                 Producer::Rootfs,
@@ -251,6 +273,24 @@ pub fn make_plan(
         }
     }
     let base_ident = base_identity.clone().unwrap_or_default();
+
+    // A recipe without a JDK relies on the base's /opt/java (JAVA_HOME of every image).
+    if recipe.jdks.is_empty()
+        && let Some(homes) = &base_info.java_homes
+        && !homes.iter().any(|h| h == &format!("/{}", base::JAVA_LINK))
+    {
+        let found = if homes.is_empty() {
+            "no JDK at all".to_string()
+        } else {
+            format!("a JDK at {}", homes.join(", "))
+        };
+        crate::bad!(
+            "the recipe has no [jdk], so the images use the base's Java at /{}, but the base has {found}: \
+             add a [jdk] table, or make /{} a link to the base's JDK",
+            base::JAVA_LINK,
+            base::JAVA_LINK
+        );
+    }
 
     // JDKs in use.
     let mut jdk_layer = BTreeMap::new();
@@ -264,6 +304,7 @@ pub fn make_plan(
         let key = fmt_key("jdk", serde_json::json!(base::jdk_key(jdk, &base_ident)));
         let idx = add(
             &mut layers,
+            &format!("jdk-{}", jdk.name),
             format!("jdk-{}", jdk.name),
             key,
             Producer::Jdk(jdk.name.clone()),
@@ -305,6 +346,7 @@ pub fn make_plan(
         let key = fmt_key("dir", inputs);
         shared.push(add(
             &mut layers,
+            &spec.name,
             spec.name.clone(),
             key,
             Producer::Entries(entries),
@@ -330,23 +372,43 @@ pub fn make_plan(
                 .sha512
                 .get(v)
                 .cloned()
-                .or_else(|| facts.dist.sha512.clone())
-                .expect("validated");
-            let origin = match (&dist.path, &dist.url) {
-                (Some(p), _) => Origin::Path(PathBuf::from(p.replace("{version}", v))),
-                (None, Some(u)) => Origin::Url(u.replace("{version}", v)),
-                (None, None) => Origin::Url(facts.dist.url.clone()),
+                .or_else(|| facts.dist.sha512.clone());
+            let url = match &dist.url {
+                Some(u) => u.replace("{version}", v),
+                None => facts.dist.url.clone(),
             };
-            let key = fmt_key("dist", serde_json::json!({"sha512": sha512, "version": v}));
+            let (key, producer) = match &dist.mode {
+                DistMode::Bake => {
+                    let sha512 = sha512.expect("validated: bake needs a pin");
+                    let origin = match &dist.path {
+                        Some(p) => Origin::Path(PathBuf::from(p.replace("{version}", v))),
+                        None => Origin::Url(url),
+                    };
+                    let key = fmt_key("dist", serde_json::json!({"sha512": sha512, "version": v}));
+                    (
+                        key,
+                        Producer::Dist {
+                            version: v.clone(),
+                            origin,
+                            sha512,
+                        },
+                    )
+                }
+                mode => {
+                    let entries =
+                        layer::normalize(dist_unit_entries(mode, v, &url, sha512.as_deref()))?;
+                    (
+                        fmt_key("dir", serde_json::json!(entries_key(&entries)?)),
+                        Producer::Entries(entries),
+                    )
+                }
+            };
             list.push(add(
                 &mut layers,
+                "hadoop-dist",
                 format!("hadoop-dist-{v}"),
                 key,
-                Producer::Dist {
-                    version: v.clone(),
-                    origin,
-                    sha512,
-                },
+                producer,
             ));
         }
         let cx = version_context(&recipe, &recipe_value, facts);
@@ -358,6 +420,7 @@ pub fn make_plan(
             let key = fmt_key("dir", serde_json::json!(entries_key(&entries)?));
             list.push(add(
                 &mut layers,
+                &spec.name,
                 format!("{}-{v}", spec.name),
                 key,
                 Producer::Entries(entries),
@@ -396,6 +459,129 @@ pub fn make_plan(
         base: prepared,
         cluster_key,
     })
+}
+
+/// The sizes of the version images (not `<recipe>:base`), from what `size_of` knows of each
+/// planned layer: (identity, uncompressed bytes, stored bytes, estimated).
+fn image_sizes(
+    plan: &Plan,
+    size_of: impl Fn(usize) -> Option<(String, u64, u64, bool)>,
+) -> Vec<ImageSizes> {
+    plan.images
+        .iter()
+        .filter(|i| i.version.is_some())
+        .map(|img| ImageSizes {
+            name: img.name.clone(),
+            layers: img
+                .layers
+                .iter()
+                .map(|&i| {
+                    let known = size_of(i);
+                    LayerSize {
+                        id: known
+                            .as_ref()
+                            .map(|k| k.0.clone())
+                            .unwrap_or_else(|| plan.layers[i].key.clone()),
+                        name: plan.layers[i].name.clone(),
+                        family: plan.layers[i].family.clone(),
+                        bytes: known.as_ref().map(|k| k.1),
+                        stored: known.as_ref().map(|k| k.2).filter(|s| *s > 0),
+                        estimated: known.as_ref().is_some_and(|k| k.3),
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The file lists advice needs: the layers named by broken checks, the biggest layer of an
+/// image over budget, every per-version layer when sharing is short, and the base.
+fn advice_files(
+    plan: &Plan,
+    v: &Verdicts,
+    sizes: &[ImageSizes],
+    blob_of: impl Fn(usize) -> Option<(PathBuf, String)>,
+) -> Result<BTreeMap<String, Vec<FileInfo>>> {
+    let mut wanted: BTreeSet<String> = BTreeSet::new();
+    let sharing_short = v
+        .broken()
+        .iter()
+        .any(|c| c.kind == "min-shared" || c.kind == "per-version");
+    for c in v.broken() {
+        match c.kind.as_str() {
+            "layer" => {
+                wanted.insert(c.subject.clone());
+            }
+            "image" => {
+                if let Some(img) = sizes.iter().find(|i| i.name == c.subject)
+                    && let Some(big) = img.layers.iter().max_by_key(|l| l.bytes.unwrap_or(0))
+                {
+                    wanted.insert(big.name.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    wanted.insert("base".into());
+    let mut out = BTreeMap::new();
+    for (i, l) in plan.layers.iter().enumerate() {
+        let users = sizes
+            .iter()
+            .filter(|s| s.layers.iter().any(|x| x.name == l.name))
+            .count();
+        let per_version = users == 1;
+        if !(wanted.contains(&l.name) || (sharing_short && per_version)) {
+            continue;
+        }
+        if let Some((blob, media)) = blob_of(i) {
+            out.insert(
+                l.name.clone(),
+                crate::inspect::blob_files(&blob, &media, per_version)?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The per-version part of the `mount` and `first-boot` modes: what the shared
+/// `strata-hadoop-dist` script (user-env layer) reads at boot, and for `mount` the link from
+/// /opt/hadoop-X.Y.Z into the mounted volume.
+fn dist_unit_entries(
+    mode: &DistMode,
+    version: &str,
+    url: &str,
+    sha512: Option<&str>,
+) -> Vec<Entry> {
+    let mut env = format!(
+        "# How this image gets Hadoop {version} (strata [dist]); read by strata-hadoop-dist at boot.\n\
+         STRATA_DIST_VERSION={version}\nSTRATA_DIST_TARGET=/opt/hadoop-{version}\n"
+    );
+    let mut out = Vec::new();
+    match mode {
+        DistMode::Mount { source } => {
+            env.push_str(&format!("STRATA_DIST_MODE=mount\nSTRATA_DIST_SOURCE={source}\nSTRATA_DIST_MOUNT={DIST_MOUNT}\n"));
+            out.push(Entry::dir(DIST_MOUNT.trim_start_matches('/'), 0o755, 0, 0));
+            out.push(Entry::symlink(
+                &format!("opt/hadoop-{version}"),
+                &format!("{DIST_MOUNT}/hadoop-{version}"),
+            ));
+        }
+        DistMode::FirstBoot => {
+            env.push_str(&format!(
+                "STRATA_DIST_MODE=first-boot\nSTRATA_DIST_URL={url}\nSTRATA_DIST_SHA512={}\n",
+                sha512.unwrap_or_default()
+            ));
+        }
+        DistMode::Bake => {}
+    }
+    out.push(Entry::file(
+        "etc/strata/hadoop-dist.env",
+        layer::Content::bytes(env),
+        0o644,
+        0,
+        0,
+    ));
+    out
 }
 
 /// The content identity of a prepared base rootfs (its SHA-256, computed once).
@@ -483,6 +669,8 @@ fn oci_base_info(
         "var/lib/dpkg/status",
     ];
     let mut found: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut java = Vec::new();
+    let mut sizes = BTreeMap::new();
     for &i in idxs {
         let Producer::Imported(rec, blob) = &layers[i].producer else {
             continue;
@@ -492,7 +680,15 @@ fn oci_base_info(
             &MediaType::from(rec.media_type.as_str()),
             std::io::BufReader::new(f),
         )?;
+        let counted = std::cell::Cell::new(0u64);
+        let r = CountingReader {
+            inner: r,
+            n: &counted,
+        };
         layer::for_each_in_tar(r, |p, h, data| {
+            if p == base::JAVA_LINK || (p.starts_with("usr/lib/jvm/") && p.ends_with("/bin/java")) {
+                java.push(Entry::symlink(p, "?"));
+            }
             if wanted.contains(&p) && h.entry_type().is_file() {
                 let mut buf = Vec::new();
                 std::io::Read::read_to_end(data, &mut buf)?;
@@ -507,14 +703,30 @@ fn oci_base_info(
             }
             Ok(())
         })?;
+        sizes.insert(rec.digest.to_string(), counted.get());
     }
     let entries: Vec<Entry> = found.into_values().collect();
     let info = BaseInfo {
         packages: base::dpkg_packages(&entries)?,
         accounts: crate::accounts::BaseAccounts::from_entries(&entries)?,
+        java_homes: Some(base::java_homes(&java)),
+        layer_sizes: sizes,
     };
     cache.write_json(&path, &info)?;
     Ok(info)
+}
+
+struct CountingReader<'a, R> {
+    inner: R,
+    n: &'a std::cell::Cell<u64>,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n.set(self.n.get() + k as u64);
+        Ok(k)
+    }
 }
 
 /// Reads the layers of an OCI image layout used as a base.
@@ -731,6 +943,37 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
     }
     drop(base_entries);
 
+    // Budgets: checked before anything is published.
+    let policy = recipe
+        .policy
+        .clone()
+        .with_overrides(&opts.overrides, &recipe.families())?;
+    let verdicts = if policy.is_empty() {
+        None
+    } else {
+        let sizes = image_sizes(&plan, |i| {
+            records
+                .get(&i)
+                .map(|(c, _)| (c.digest.to_string(), c.uncompressed_size, c.size, false))
+        });
+        let mut v = crate::policy::evaluate(&policy, &sizes);
+        if !v.broken().is_empty() {
+            let files = advice_files(&plan, &v, &sizes, |i| {
+                records
+                    .get(&i)
+                    .map(|(c, p)| (p.clone(), c.media_type.clone()))
+            })?;
+            v.advice = crate::policy::advise(&v, &sizes, &files, recipe.excludes_docs);
+            if policy.enforce == crate::policy::Enforce::Fail {
+                return Err(BudgetExceeded(v).into());
+            }
+            for line in crate::policy::describe(&v).lines() {
+                progress.say(format!("warning: {line}"));
+            }
+        }
+        Some(v)
+    };
+
     // Commit.
     let store = Store::ensure(&opts.output)?;
     let _lock = store.lock(|| {
@@ -769,6 +1012,7 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
         let (c, _) = &records[&idx];
         LayerRecord {
             name: plan.layers[idx].name.clone(),
+            family: plan.layers[idx].family.clone(),
             digest: c.digest.clone(),
             diff_id: c.diff_id.clone(),
             size: c.size,
@@ -907,6 +1151,7 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
         layers_cached: needed.len() - built,
         index_changed: changed,
         seconds: start.elapsed().as_secs_f64(),
+        policy: verdicts,
     };
     progress.say(format!(
         "{} images in {}: {} layers ({} built, {} from cache)",
@@ -1012,6 +1257,10 @@ pub struct PlanReport {
     pub base_ready: bool,
     pub layers: Vec<PlanLayer>,
     pub images: Vec<PlanImage>,
+    /// Budget verdicts, sharing per image and per pair (estimated where nothing is built yet).
+    pub policy: Verdicts,
+    #[serde(skip)]
+    pub enforce_fails: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -1064,6 +1313,41 @@ pub fn plan(opts: &Options) -> Result<PlanReport> {
             }
         })
         .collect();
+    // Verdicts from what is known: cached layers exactly, directory layers estimated from their
+    // rendered entries, the rest unknown until built.
+    let policy = plan
+        .recipe
+        .policy
+        .clone()
+        .with_overrides(&opts.overrides, &plan.recipe.families())?;
+    let known = |i: usize| -> Option<(String, u64, u64, bool)> {
+        let l = &plan.layers[i];
+        let rec = match &l.producer {
+            Producer::Imported(r, _) => Some(r.clone()),
+            _ => cache.read_json::<CachedLayer>(&cache.layer_record_path(&l.key)),
+        };
+        if let Some(r) = rec {
+            return Some((r.digest.to_string(), r.uncompressed_size, r.size, false));
+        }
+        match &l.producer {
+            Producer::Entries(e) => Some((l.key.clone(), estimate_tar_size(e), 0, true)),
+            _ => None,
+        }
+    };
+    let sizes = image_sizes(&plan, known);
+    let mut verdicts = crate::policy::evaluate(&policy, &sizes);
+    if !verdicts.broken().is_empty() {
+        let files = advice_files(&plan, &verdicts, &sizes, |i| {
+            let l = &plan.layers[i];
+            let rec = cache.read_json::<CachedLayer>(&cache.layer_record_path(&l.key))?;
+            let blob = cache.blob_dir().join(rec.digest.digest());
+            blob.exists().then_some((blob, rec.media_type))
+        })?;
+        verdicts.advice =
+            crate::policy::advise(&verdicts, &sizes, &files, plan.recipe.excludes_docs);
+    }
+    let enforce_fails =
+        !verdicts.broken().is_empty() && policy.enforce == crate::policy::Enforce::Fail;
     Ok(PlanReport {
         recipe: plan.recipe.name.clone(),
         base_ready: plan.base.is_some() || matches!(plan.recipe.base, Base::Oci { .. }),
@@ -1080,5 +1364,17 @@ pub fn plan(opts: &Options) -> Result<PlanReport> {
                     .collect(),
             })
             .collect(),
+        policy: verdicts,
+        enforce_fails,
     })
+}
+
+/// The size of the tar [`layer::write_tar`] would write for `entries` (headers and padding; PAX
+/// records for long names are not counted).
+fn estimate_tar_size(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| 512 + e.size().div_ceil(512) * 512)
+        .sum::<u64>()
+        + 1024
 }

@@ -87,6 +87,34 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// SHA-256 of a (large) input file, remembered by its path, size, mtime, inode and device so
+    /// an unchanged file is hashed once (like git's index).
+    pub fn file_sha256(&self, path: &Path) -> Result<String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        let stamp = key_of(&serde_json::json!([
+            path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino(),
+            m.dev()
+        ]));
+        let memo = self.root.join("filehash").join(&stamp);
+        if let Ok(s) = std::fs::read_to_string(&memo)
+            && s.len() == 64
+        {
+            return Ok(s);
+        }
+        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let (d, _) = crate::store::hash_reader(std::io::BufReader::with_capacity(1 << 20, f))?;
+        std::fs::create_dir_all(memo.parent().expect("filehash dir"))?;
+        atomic_write(&memo, d.digest().as_bytes())?;
+        Ok(d.digest().to_string())
+    }
+}
+
 /// A stable key from parts: SHA-256 over their canonical JSON.
 pub fn key_of<T: Serialize>(parts: &T) -> String {
     let data = crate::store::canonical_json(parts).expect("keys are plain data");

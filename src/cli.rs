@@ -27,7 +27,7 @@ Environment:
   CI                 plain progress lines instead of bars
 
 Exit codes: 0 ok, 1 failure, 2 bad input (recipe, arguments, tarball), 3 checksum mismatch,
-4 damaged store (verify).";
+4 damaged store (verify), 5 budget exceeded.";
 
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about = "Build reproducible, content-addressed OCI images for many Hadoop versions from declarative recipes", after_help = AFTER_HELP)]
@@ -65,6 +65,32 @@ pub struct RecipeArgs {
     /// Ignore the cache: build everything in a throw-away cache.
     #[arg(long)]
     pub no_cache: bool,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// Budget overrides, for experiments (the recipe's [policy] and `budget` keys otherwise).
+#[derive(Debug, Args, Clone, Default)]
+pub struct PolicyArgs {
+    /// Budget of every image, uncompressed (e.g. 600MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub image_budget: Option<String>,
+    /// Budget of one layer family: base, jdk-<name>, a [[layer]] name, hadoop-dist (repeatable).
+    #[arg(long, value_name = "NAME=SIZE")]
+    pub layer_budget: Vec<String>,
+    /// Floor on each image's fraction of bytes in layers shared with another image (0–1).
+    #[arg(long, value_name = "RATIO")]
+    pub min_shared: Option<String>,
+}
+
+impl PolicyArgs {
+    pub fn overrides(&self) -> crate::policy::Overrides {
+        crate::policy::Overrides {
+            image_budget: self.image_budget.clone(),
+            layer_budgets: self.layer_budget.clone(),
+            min_shared: self.min_shared.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +111,18 @@ compresses nothing. The store is updated atomically at the end: a failed build l
     Plan {
         #[command(flatten)]
         recipe: RecipeArgs,
+    },
+    /// Sizes, sharing and budgets of the built store: a table, --json, or a page with --html.
+    #[command(
+        after_help = "Exits 5 when a budget is broken and the recipe enforces it, 4 when a blob is \
+missing or corrupt."
+    )]
+    Report {
+        /// Also write a self-contained HTML page here.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// List the images of the store.
     Ls,
@@ -128,6 +166,7 @@ fn options(cli: &Cli, r: &RecipeArgs, refresh_base: bool) -> build::Options {
         refresh_base,
         only: r.only.clone(),
         quiet: cli.quiet,
+        overrides: r.policy.overrides(),
     }
 }
 
@@ -143,7 +182,20 @@ pub fn run(cli: Cli) -> Result<()> {
             recipe,
             refresh_base,
         } => {
-            let rep = build::build(&options(&cli, recipe, *refresh_base))?;
+            let rep = match build::build(&options(&cli, recipe, *refresh_base)) {
+                Ok(r) => r,
+                Err(e) => {
+                    // CI gets the verdicts as JSON even when the budget stops the build.
+                    if cli.json
+                        && let Some(b) = e.downcast_ref::<crate::policy::BudgetExceeded>()
+                    {
+                        print_json(
+                            &serde_json::json!({"error": "budget exceeded", "policy": b.0}),
+                        )?;
+                    }
+                    return Err(e);
+                }
+            };
             if cli.json {
                 return print_json(&rep);
             }
@@ -172,8 +224,15 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Plan { recipe } => {
             let rep = build::plan(&options(&cli, recipe, false))?;
+            let fail = || -> Result<()> {
+                if rep.enforce_fails {
+                    return Err(crate::policy::BudgetExceeded(rep.policy.clone()).into());
+                }
+                Ok(())
+            };
             if cli.json {
-                return print_json(&rep);
+                print_json(&rep)?;
+                return fail();
             }
             if !rep.base_ready {
                 println!(
@@ -196,6 +255,72 @@ pub fn run(cli: Cli) -> Result<()> {
                     unc,
                     l.used_by.len()
                 );
+            }
+            println!();
+            println!(
+                "{:<22} {:>10} {:>9} {:>9}  (estimated until built)",
+                "IMAGE", "BYTES", "SHARED", "BASELINE"
+            );
+            for st in &rep.policy.images {
+                println!(
+                    "{:<22} {:>10} {:>8.2}% {:>8.2}%",
+                    st.name,
+                    human(st.bytes),
+                    st.shared_fraction * 100.0,
+                    st.baseline_fraction * 100.0
+                );
+            }
+            if let Some(first) = rep.policy.pairs.first() {
+                let same = rep
+                    .policy
+                    .pairs
+                    .iter()
+                    .all(|p| p.by_chain == first.by_chain && p.on_disk == first.on_disk);
+                if same {
+                    println!(
+                        "every pair of images shares {} by chain, {} on disk",
+                        human(first.by_chain),
+                        human(first.on_disk)
+                    );
+                } else {
+                    for p in &rep.policy.pairs {
+                        println!(
+                            "{} & {}: {} by chain, {} on disk",
+                            p.a,
+                            p.b,
+                            human(p.by_chain),
+                            human(p.on_disk)
+                        );
+                    }
+                }
+            }
+            print!("{}", crate::report::checks_text(&rep.policy));
+            fail()?;
+        }
+        Command::Report { html, policy } => {
+            let reports = crate::report::report(&cli.output, &policy.overrides())?;
+            if let Some(file) = html {
+                crate::store::atomic_write_anywhere(
+                    file,
+                    crate::report::html(&reports, &cli.output).as_bytes(),
+                )?;
+            }
+            if cli.json {
+                print_json(&reports)?;
+            } else {
+                for r in &reports {
+                    print!("{}", crate::report::text(r));
+                }
+                if let Some(file) = html {
+                    println!("page: {}", file.display());
+                }
+            }
+            for r in &reports {
+                if !r.verdicts.broken().is_empty()
+                    && r.policy.enforce == crate::policy::Enforce::Fail
+                {
+                    return Err(crate::policy::BudgetExceeded(r.verdicts.clone()).into());
+                }
             }
         }
         Command::Ls => {

@@ -285,6 +285,38 @@ pub struct LayerDiff {
     pub changed: Vec<String>,
 }
 
+/// The regular files of a layer blob with their sizes (and content hashes when asked), for advice.
+pub fn blob_files(
+    blob: &Path,
+    media_type: &str,
+    hash: bool,
+) -> Result<Vec<crate::policy::FileInfo>> {
+    let f = std::io::BufReader::new(
+        std::fs::File::open(blob).with_context(|| format!("opening {}", blob.display()))?,
+    );
+    let r = Compression::reader_for(&MediaType::from(media_type), f)?;
+    let mut out = Vec::new();
+    for_each_in_tar(r, |p, h, data| {
+        if h.entry_type().is_file() {
+            let sha256 = if hash {
+                use sha2::Digest as _;
+                let mut hs = sha2::Sha256::new();
+                std::io::copy(data, &mut hs)?;
+                Some(hs.finalize().into())
+            } else {
+                None
+            };
+            out.push(crate::policy::FileInfo {
+                path: p.to_string(),
+                size: h.size()?,
+                sha256,
+            });
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// path → a description of metadata and content hash.
 fn layer_files(store: &Store, l: &Descriptor) -> Result<BTreeMap<String, String>> {
     let f = std::io::BufReader::new(store.open_blob(l.digest())?);

@@ -20,9 +20,11 @@ pub mod inspect;
 pub mod keys;
 pub mod layer;
 pub mod oci;
+pub mod policy;
 pub mod progress;
 pub mod recipe;
 pub mod render;
+pub mod report;
 pub mod store;
 
 /// Exit codes (documented in `strata --help`).
@@ -35,6 +37,8 @@ pub mod exit {
     pub const CHECKSUM: u8 = 3;
     /// `verify` found a damaged store.
     pub const DAMAGED: u8 = 4;
+    /// A size budget or the reuse floor is broken (`enforce = "fail"`).
+    pub const BUDGET: u8 = 5;
 }
 
 /// Picks the exit code for an error chain.
@@ -48,6 +52,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<inspect::Damaged>().is_some() {
             return exit::DAMAGED;
+        }
+        if cause.downcast_ref::<policy::BudgetExceeded>().is_some() {
+            return exit::BUDGET;
         }
         if cause.downcast_ref::<BadInput>().is_some() {
             return exit::BAD_INPUT;

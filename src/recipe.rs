@@ -19,6 +19,7 @@ use toml::Spanned;
 
 use crate::compress::Compression;
 use crate::hadoop::Catalogue;
+use crate::policy::{Enforce, Policy, RawSize};
 
 /// A recipe problem, located in its file.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -97,6 +98,21 @@ pub struct RawRecipe {
     pub vars: BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub image: Option<RawImage>,
+    #[serde(default)]
+    pub policy: Option<Spanned<RawPolicy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub enforce: Option<Spanned<String>>,
+    #[serde(default)]
+    pub image_budget: Option<Spanned<RawSize>>,
+    #[serde(default)]
+    pub min_shared: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub per_version_budget: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +159,8 @@ pub enum RawVersions {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawBase {
     pub source: Spanned<String>,
+    #[serde(default)]
+    pub budget: Option<Spanned<RawSize>>,
     // mmdebstrap
     #[serde(default)]
     pub suite: Option<String>,
@@ -170,6 +188,8 @@ pub struct RawBase {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawJdk {
+    #[serde(default)]
+    pub budget: Option<Spanned<RawSize>>,
     pub java_version: u32,
     pub java_home: String,
     #[serde(default)]
@@ -233,12 +253,19 @@ pub struct RawLayer {
     pub per_version: bool,
     #[serde(default)]
     pub accounts: bool,
+    #[serde(default)]
+    pub budget: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawDist {
     pub mode: Spanned<String>,
+    #[serde(default)]
+    pub budget: Option<Spanned<RawSize>>,
+    /// mount: what holds the releases (`LABEL=…` or `server:/export`).
+    #[serde(default)]
+    pub source: Option<String>,
     #[serde(default)]
     pub url: Option<String>,
     #[serde(default)]
@@ -343,6 +370,7 @@ pub struct LayerSpec {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Dist {
+    pub mode: DistMode,
     /// `{version}` in url/path templates is replaced by the Hadoop version.
     pub url: Option<String>,
     pub path: Option<String>,
@@ -374,7 +402,26 @@ pub struct Recipe {
     pub dist: Option<Dist>,
     pub vars: serde_json::Value,
     pub image: ImageSettings,
+    pub policy: Policy,
+    /// `[base] exclude-docs` (None for non-mmdebstrap bases), for advice.
+    pub excludes_docs: Option<bool>,
 }
+
+/// How an image gets its Hadoop release.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "mode")]
+pub enum DistMode {
+    /// The release tarball is a layer of the image.
+    Bake,
+    /// A shared volume (`LABEL=…` block device or `server:/export` NFS) holding
+    /// `hadoop-X.Y.Z/` is mounted at [`DIST_MOUNT`] at boot; nothing of the release is baked.
+    Mount { source: String },
+    /// A oneshot unit fetches the tarball at first boot, checks its sha512 and unpacks it.
+    FirstBoot,
+}
+
+/// Where the mount mode mounts the shared release volume.
+pub const DIST_MOUNT: &str = "/srv/hadoop-dist";
 
 /// The runtime settings of every image's config.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -838,16 +885,30 @@ pub fn validate(
         None => None,
         Some(rd) => {
             let d = rd.get_ref();
-            match d.mode.get_ref().as_str() {
-                "bake" => {}
+            let mode = match d.mode.get_ref().as_str() {
+                "bake" => DistMode::Bake,
+                "first-boot" => DistMode::FirstBoot,
+                "mount" => match &d.source {
+                    Some(src) => DistMode::Mount {
+                        source: src.clone(),
+                    },
+                    None => {
+                        return Err(cx.err(rd.span(), "dist.source", "mount mode needs `source`: \"LABEL=<fs label>\" or \"<server>:/<export>\""));
+                    }
+                },
                 other => {
-                    return Err(cx.err(
+                    let mut e = cx.err(
                         d.mode.span(),
                         "dist.mode",
-                        format!("unknown mode {other:?}: this version of strata knows \"bake\""),
-                    ));
+                        format!(
+                            "unknown mode {other:?}: expected \"bake\", \"mount\" or \"first-boot\""
+                        ),
+                    );
+                    e.hint = nearest(other, &["bake", "mount", "first-boot"])
+                        .map(|n| format!("did you mean {n:?}?"));
+                    return Err(e);
                 }
-            }
+            };
             if d.url.is_some() && d.path.is_some() {
                 return Err(cx.err(rd.span(), "dist", "give `url` or `path`, not both"));
             }
@@ -855,7 +916,10 @@ pub fn validate(
                 check_sha512(s)
                     .map_err(|m| cx.err(rd.span(), &format!("dist.sha512.\"{v}\""), m))?;
             }
-            for v in &versions {
+            for v in versions
+                .iter()
+                .filter(|_| !matches!(mode, DistMode::Mount { .. }))
+            {
                 let pinned = d.sha512.contains_key(v)
                     || catalogue
                         .get(v)
@@ -870,6 +934,7 @@ pub fn validate(
                 }
             }
             Some(Dist {
+                mode,
                 url: d.url.clone(),
                 path: d
                     .path
@@ -882,6 +947,77 @@ pub fn validate(
                     .collect(),
             })
         }
+    };
+
+    // Policy: budgets, reuse floor, enforcement.
+    let size = |v: &Spanned<RawSize>, key: &str| -> Result<crate::policy::Size, RecipeError> {
+        v.get_ref().parse().map_err(|m| cx.err(v.span(), key, m))
+    };
+    let mut policy = Policy::default();
+    if let Some(rp) = &raw.policy {
+        let p = rp.get_ref();
+        if let Some(e) = &p.enforce {
+            policy.enforce = match e.get_ref().as_str() {
+                "fail" => Enforce::Fail,
+                "warn" => Enforce::Warn,
+                other => {
+                    return Err(cx.err(
+                        e.span(),
+                        "policy.enforce",
+                        format!("{other:?}: expected \"fail\" or \"warn\""),
+                    ));
+                }
+            };
+        }
+        if let Some(b) = &p.image_budget {
+            policy.image_budget = Some(size(b, "policy.image-budget")?);
+        }
+        if let Some(b) = &p.per_version_budget {
+            policy.per_version_budget = Some(size(b, "policy.per-version-budget")?);
+        }
+        if let Some(m) = &p.min_shared {
+            let r = *m.get_ref();
+            if !(0.0..=1.0).contains(&r) {
+                return Err(cx.err(
+                    m.span(),
+                    "policy.min-shared",
+                    format!("{r} is outside 0–1 (a fraction of each image's bytes)"),
+                ));
+            }
+            policy.min_shared = Some(r);
+        }
+    }
+    if let Some(b) = &raw.base.get_ref().budget {
+        policy
+            .layer_budgets
+            .insert("base".into(), size(b, "base.budget")?);
+    }
+    for (jname, rj) in &raw.jdk {
+        if let Some(b) = &rj.get_ref().budget {
+            policy.layer_budgets.insert(
+                format!("jdk-{jname}"),
+                size(b, &format!("jdk.{jname}.budget"))?,
+            );
+        }
+    }
+    for rl in &raw.layer {
+        if let Some(b) = &rl.get_ref().budget {
+            policy.layer_budgets.insert(
+                rl.get_ref().name.get_ref().clone(),
+                size(b, "layer.budget")?,
+            );
+        }
+    }
+    if let Some(rd) = &raw.dist
+        && let Some(b) = &rd.get_ref().budget
+    {
+        policy
+            .layer_budgets
+            .insert("hadoop-dist".into(), size(b, "dist.budget")?);
+    }
+    let excludes_docs = match &base {
+        Base::Mmdebstrap { exclude_docs, .. } => Some(*exclude_docs),
+        _ => None,
     };
 
     let vars = serde_json::to_value(&raw.vars).unwrap_or(serde_json::Value::Null);
@@ -913,6 +1049,8 @@ pub fn validate(
                 user: i.user,
             })
             .unwrap_or_default(),
+        policy,
+        excludes_docs,
     })
 }
 
@@ -965,6 +1103,17 @@ impl Recipe {
         self.line_choice(version).map(|c| &self.jdks[&c.jdk])
     }
 
+    /// The layer families budgets can name: `base`, `jdk-<name>`, each `[[layer]]`, `hadoop-dist`.
+    pub fn families(&self) -> std::collections::BTreeSet<String> {
+        let mut f: std::collections::BTreeSet<String> = ["base".to_string()].into();
+        f.extend(self.jdks.keys().map(|j| format!("jdk-{j}")));
+        f.extend(self.layers.iter().map(|l| l.name.clone()));
+        if self.dist.is_some() {
+            f.insert("hadoop-dist".into());
+        }
+        f
+    }
+
     /// Settings later commands need from the store alone.
     pub fn settings(&self) -> serde_json::Value {
         serde_json::json!({
@@ -978,6 +1127,9 @@ impl Recipe {
             "lines": self.lines,
             "user": self.user,
             "image": self.image,
+            "policy": self.policy,
+            "excludes-docs": self.excludes_docs,
+            "dist": self.dist,
         })
     }
 }

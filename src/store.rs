@@ -73,6 +73,17 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// [`atomic_write`] for a user-given path (creates the directory, accepts a bare file name).
+pub fn atomic_write_anywhere(path: &Path, data: &[u8]) -> Result<()> {
+    let path = if path.parent().is_some_and(|p| !p.as_os_str().is_empty()) {
+        path.to_path_buf()
+    } else {
+        Path::new(".").join(path)
+    };
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    atomic_write(&path, data)
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -183,6 +194,9 @@ pub struct StoreLock {
 #[serde(rename_all = "kebab-case")]
 pub struct LayerRecord {
     pub name: String,
+    /// What budgets call it (`base`, `jdk-<name>`, a `[[layer]]` name, `hadoop-dist`).
+    #[serde(default)]
+    pub family: String,
     pub digest: Digest,
     pub diff_id: Digest,
     pub size: u64,

@@ -312,3 +312,76 @@ fn lab_rebuilt_from_scratch_gives_the_same_digests() {
         "mmdebstrap bases must be byte-identical"
     );
 }
+
+#[test]
+fn lab_dist_script_mounts_installs_and_refuses_at_boot() {
+    let Some(lab) = lab() else { return };
+    if !require("umoci") {
+        return;
+    }
+    if !is_root() {
+        eprintln!("SKIPPED: chroot needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let mut u = Command::new("umoci");
+    u.args(["unpack", "--image"])
+        .arg(format!("{}:3.3.6", lab.store.display()))
+        .arg(&dir);
+    ok(u);
+    let root = dir.join("rootfs");
+    let script = "/usr/local/lib/strata/bin/strata-hadoop-dist";
+    // As built (mount mode), with no volume attached: boots cleanly and says why.
+    let o = ok(in_root(&root, &[script]));
+    assert!(
+        stderr(&o).contains("the shared volume LABEL=hadoop-dist is absent"),
+        "{}",
+        stderr(&o)
+    );
+
+    // first-boot from a local mirror.
+    let mirror = tmp.path().join("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    good_dist(&mirror.join("hadoop-3.3.6.tar.gz"), "3.3.6");
+    let good = sha512_hex(&mirror.join("hadoop-3.3.6.tar.gz"));
+    let url = serve_dir(&mirror);
+    let env = |sha: &str, url: &str| {
+        format!(
+            "STRATA_DIST_VERSION=3.3.6\nSTRATA_DIST_TARGET=/opt/hadoop-3.3.6\nSTRATA_DIST_MODE=first-boot\nSTRATA_DIST_URL={url}\nSTRATA_DIST_SHA512={sha}\n"
+        )
+    };
+    let env_file = root.join("etc/strata/hadoop-dist.env");
+    // A wrong checksum is refused and nothing is installed.
+    std::fs::write(
+        &env_file,
+        env(&"0".repeat(128), &format!("{url}/hadoop-3.3.6.tar.gz")),
+    )
+    .unwrap();
+    let o = run(in_root(&root, &[script]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("REFUSED") && stderr(&o).contains(&good),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!root.join("opt/hadoop-3.3.6/bin/hadoop").exists());
+    // An unreachable mirror: a clear message, not a failed unit.
+    std::fs::write(
+        &env_file,
+        env(&good, "http://127.0.0.1:9/hadoop-3.3.6.tar.gz"),
+    )
+    .unwrap();
+    let o = ok(in_root(&root, &[script]));
+    assert!(stderr(&o).contains("is not reachable"), "{}", stderr(&o));
+    // The right tarball is installed, and /opt/hadoop now resolves.
+    std::fs::write(&env_file, env(&good, &format!("{url}/hadoop-3.3.6.tar.gz"))).unwrap();
+    let o = ok(in_root(&root, &[script]));
+    assert!(
+        stderr(&o).contains("installed Hadoop 3.3.6"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ok(in_root(&root, &["/opt/hadoop/bin/hadoop"]));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Hadoop test\n");
+}

@@ -14,15 +14,15 @@ use common::*;
 const PINNED: &[(&str, &str)] = &[
     (
         "tiny:2.10.2",
-        "sha256:89107b8c83e8bdfaf8a8a1a466749cde3862336ec87307ae15913af3e0439d7c",
+        "sha256:4d3f98d31413e376db8160b366609c6f7f1288b3315a212779b3d14eb501a777",
     ),
     (
         "tiny:3.3.6",
-        "sha256:5c5bb4481cb6fd7d966d8a18a2d1a46cb4cc6f1c7df69b84cb6f18019d01c2d7",
+        "sha256:e2fd916592c6b555760bf5cf782450430032390ae164d61bc98b646ee3013563",
     ),
     (
         "tiny:base",
-        "sha256:a2867fe4eb235f5d6fae5c65eaa602467c30c3c68ae6a561d9932db8815ddd46",
+        "sha256:6f9ba6b184ed256e243dbe7de797db1427e51f038bd07ee9640f233a4f9bb700",
     ),
 ];
 

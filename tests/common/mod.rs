@@ -370,8 +370,11 @@ pub fn blob_json(store: &Path, digest: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(store.join("blobs/sha256").join(hex)).unwrap()).unwrap()
 }
 
-/// The files of a gzip layer blob: path → (mode, uid, gid, content).
-pub fn layer_files(store: &Path, digest: &str) -> BTreeMap<String, (u32, u64, u64, Vec<u8>)> {
+/// path → (mode, uid, gid, content) of a layer's files.
+pub type LayerFiles = BTreeMap<String, (u32, u64, u64, Vec<u8>)>;
+
+/// The files of a gzip layer blob.
+pub fn layer_files(store: &Path, digest: &str) -> LayerFiles {
     use std::io::Read;
     let hex = digest.trim_start_matches("sha256:");
     let f = std::fs::File::open(store.join("blobs/sha256").join(hex)).unwrap();
@@ -476,11 +479,8 @@ pub fn raw_tar_gz(path: &Path, entries: &[Raw]) {
             raw.linkname[..l.len()].copy_from_slice(l.as_bytes());
         }
         h.set_entry_type(ty);
-        h.set_mode(if matches!(ty, tar::EntryType::Directory) {
-            0o755
-        } else {
-            0o644
-        });
+        let exec = matches!(ty, tar::EntryType::Directory) || name.contains("/bin/");
+        h.set_mode(if exec { 0o755 } else { 0o644 });
         h.set_size(data.len() as u64);
         h.set_mtime(EPOCH);
         h.set_cksum();

@@ -429,15 +429,8 @@ pub fn jdk_entries(
             sha512,
             strip_components,
         } => {
-            let dl = crate::fetch::fetch(cache, origin, sha512, progress)?;
-            let tar = crate::fetch::unpacked_tar(cache, &dl, sha512)?;
-            let raw = layer::read_tar_file(
-                &tar,
-                TarPolicy {
-                    allow_devices: false,
-                },
-            )
-            .with_context(|| format!("JDK tarball {origin}"))?;
+            let raw =
+                crate::fetch::tarball_entries(cache, origin, sha512, progress, "JDK tarball")?;
             reroot(
                 raw,
                 *strip_components,

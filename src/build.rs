@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use oci_spec::image::{ANNOTATION_REVISION, Digest, ImageIndexBuilder, MediaType};
-use serde::{Deserialize, Serialize};
+use oci_spec::image::{ANNOTATION_REVISION, ImageIndexBuilder, MediaType};
+use serde::Serialize;
 
 use crate::base::{self, BaseInfo, PreparedBase};
 use crate::cache::{Cache, key_of};
@@ -30,8 +30,8 @@ use crate::progress::Progress;
 use crate::recipe::{Base, DIST_MOUNT, DistMode, Origin, Recipe};
 use crate::render::{self, Context as RenderContext};
 use crate::store::{
-    ANNOTATION_IMAGE_NAME, ANNOTATION_RECORD, BlobInfo, BlobWriter, ImageRecord, LayerRecord,
-    Store, StoreRecord, Tee, canonical_json,
+    ANNOTATION_IMAGE_NAME, ANNOTATION_RECORD, BlobInfo, BlobWriter, ImageRecord, LayerFacts,
+    LayerRecord, Store, StoreRecord, Tee, canonical_json,
 };
 
 /// Options of `strata build` and `strata plan`.
@@ -46,23 +46,6 @@ pub struct Options {
     pub quiet: bool,
     /// `--image-budget`, `--layer-budget`, `--min-shared`.
     pub overrides: Overrides,
-}
-
-/// A built layer as the cache remembers it (content facts only, no name).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case")]
-pub struct CachedLayer {
-    pub digest: Digest,
-    pub diff_id: Digest,
-    pub size: u64,
-    pub uncompressed_size: u64,
-    pub media_type: String,
-    pub entries: u64,
-    pub file_bytes: u64,
-    #[serde(default)]
-    pub packages: Vec<(String, String)>,
-    #[serde(default)]
-    pub private_key: bool,
 }
 
 /// How a planned layer gets its entries.
@@ -80,7 +63,7 @@ enum Producer {
         sha512: String,
     },
     /// A layer of an OCI base, reused as it is.
-    Imported(CachedLayer, PathBuf),
+    Imported(LayerFacts, PathBuf),
 }
 
 /// One layer of the plan.
@@ -730,7 +713,7 @@ impl<R: std::io::Read> std::io::Read for CountingReader<'_, R> {
 }
 
 /// Reads the layers of an OCI image layout used as a base.
-fn import_oci_base(path: &Path, reference: &str) -> Result<Vec<(CachedLayer, PathBuf)>> {
+fn import_oci_base(path: &Path, reference: &str) -> Result<Vec<(LayerFacts, PathBuf)>> {
     let store = Store::open(path).with_context(|| format!("OCI base {}", path.display()))?;
     let index = store.read_index()?;
     let entry = index
@@ -768,7 +751,7 @@ fn import_oci_base(path: &Path, reference: &str) -> Result<Vec<(CachedLayer, Pat
             );
         }
         out.push((
-            CachedLayer {
+            LayerFacts {
                 digest: l.digest().clone(),
                 diff_id: diff.parse()?,
                 size: l.size(),
@@ -792,13 +775,13 @@ fn ensure_layer(
     cache: &Cache,
     progress: &Progress,
     base_entries: &mut Option<Vec<Entry>>,
-) -> Result<(CachedLayer, PathBuf, bool)> {
+) -> Result<(LayerFacts, PathBuf, bool)> {
     let pl = &plan.layers[idx];
     if let Producer::Imported(rec, blob) = &pl.producer {
         return Ok((rec.clone(), blob.clone(), false));
     }
     let rec_path = cache.layer_record_path(&pl.key);
-    if let Some(rec) = cache.read_json::<CachedLayer>(&rec_path) {
+    if let Some(rec) = cache.read_json::<LayerFacts>(&rec_path) {
         let blob = cache.blob_dir().join(rec.digest.digest());
         if std::fs::metadata(&blob).is_ok_and(|m| m.len() == rec.size) {
             return Ok((rec, blob, false));
@@ -830,15 +813,8 @@ fn ensure_layer(
             origin,
             sha512,
         } => {
-            let dl = crate::fetch::fetch(cache, origin, sha512, progress)?;
-            let tar = crate::fetch::unpacked_tar(cache, &dl, sha512)?;
-            let raw = layer::read_tar_file(
-                &tar,
-                layer::TarPolicy {
-                    allow_devices: false,
-                },
-            )
-            .with_context(|| format!("Hadoop {version} release tarball {origin}"))?;
+            let what = format!("Hadoop {version} release tarball");
+            let raw = crate::fetch::tarball_entries(cache, origin, sha512, progress, &what)?;
             (
                 base::reroot(raw, 1, &format!("opt/hadoop-{version}"))?,
                 vec![],
@@ -864,7 +840,7 @@ fn ensure_layer(
         (d, n, stats)
     };
     let info = blob.commit()?;
-    let rec = CachedLayer {
+    let rec = LayerFacts {
         digest: info.digest.clone(),
         diff_id,
         size: info.size,
@@ -933,7 +909,7 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
         .flat_map(|i| i.layers.iter().copied())
         .collect();
     let mut built = 0;
-    let mut records: HashMap<usize, (CachedLayer, PathBuf)> = HashMap::new();
+    let mut records: HashMap<usize, (LayerFacts, PathBuf)> = HashMap::new();
     let mut base_entries = None;
     for &idx in &needed {
         let (rec, blob, was_built) =
@@ -983,6 +959,7 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
         ))
     })?;
     store.clean_temp()?;
+    store.ensure_layout()?;
     let old_index = if opts.output.join(crate::store::INDEX_JSON).exists() {
         Some(store.read_index()?)
     } else {
@@ -1013,16 +990,8 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
         LayerRecord {
             name: plan.layers[idx].name.clone(),
             family: plan.layers[idx].family.clone(),
-            digest: c.digest.clone(),
-            diff_id: c.diff_id.clone(),
-            size: c.size,
-            uncompressed_size: c.uncompressed_size,
-            media_type: c.media_type.clone(),
-            entries: c.entries,
-            file_bytes: c.file_bytes,
             shared_by: users.get(&idx).cloned().unwrap_or_default(),
-            packages: c.packages.clone(),
-            private_key: c.private_key,
+            facts: c.clone(),
         }
     };
     let mut new_entries = Vec::new();
@@ -1300,7 +1269,7 @@ pub fn plan(opts: &Options) -> Result<PlanReport> {
         .map(|(i, l)| {
             let rec = match &l.producer {
                 Producer::Imported(r, _) => Some(r.clone()),
-                _ => cache.read_json::<CachedLayer>(&cache.layer_record_path(&l.key)),
+                _ => cache.read_json::<LayerFacts>(&cache.layer_record_path(&l.key)),
             };
             PlanLayer {
                 name: l.name.clone(),
@@ -1324,7 +1293,7 @@ pub fn plan(opts: &Options) -> Result<PlanReport> {
         let l = &plan.layers[i];
         let rec = match &l.producer {
             Producer::Imported(r, _) => Some(r.clone()),
-            _ => cache.read_json::<CachedLayer>(&cache.layer_record_path(&l.key)),
+            _ => cache.read_json::<LayerFacts>(&cache.layer_record_path(&l.key)),
         };
         if let Some(r) = rec {
             return Some((r.digest.to_string(), r.uncompressed_size, r.size, false));
@@ -1339,7 +1308,7 @@ pub fn plan(opts: &Options) -> Result<PlanReport> {
     if !verdicts.broken().is_empty() {
         let files = advice_files(&plan, &verdicts, &sizes, |i| {
             let l = &plan.layers[i];
-            let rec = cache.read_json::<CachedLayer>(&cache.layer_record_path(&l.key))?;
+            let rec = cache.read_json::<LayerFacts>(&cache.layer_record_path(&l.key))?;
             let blob = cache.blob_dir().join(rec.digest.digest());
             blob.exists().then_some((blob, rec.media_type))
         })?;

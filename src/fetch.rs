@@ -126,6 +126,26 @@ pub fn unpacked_tar(cache: &Cache, download: &Path, sha512: &str) -> Result<Path
     Ok(dest)
 }
 
+/// The entries of a pinned release or JDK tarball: fetched (or found) in the cache, checked,
+/// decompressed once, read in place under the rules for foreign tarballs (no device nodes).
+pub fn tarball_entries(
+    cache: &Cache,
+    origin: &Origin,
+    sha512: &str,
+    progress: &Progress,
+    what: &str,
+) -> Result<Vec<crate::layer::Entry>> {
+    let dl = fetch(cache, origin, sha512, progress)?;
+    let tar = unpacked_tar(cache, &dl, sha512)?;
+    crate::layer::read_tar_file(
+        &tar,
+        crate::layer::TarPolicy {
+            allow_devices: false,
+        },
+    )
+    .with_context(|| format!("{what} {origin}"))
+}
+
 /// SHA-512 of a file, hex.
 pub fn sha512_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;

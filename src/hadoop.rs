@@ -257,17 +257,7 @@ impl Catalogue {
 
 /// Parses one catalogue file (no I/O).
 pub fn parse(file: &Path, src: &str) -> Result<Facts> {
-    let facts: Facts = toml::from_str(src).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| src[..s.start].matches('\n').count() + 1)
-            .unwrap_or(1);
-        anyhow::Error::from(crate::BadInput(format!(
-            "{}:{line}: {}",
-            file.display(),
-            e.message()
-        )))
-    })?;
+    let facts: Facts = toml::from_str(src).map_err(|e| crate::toml_error(file, src, &e))?;
     facts.check(file)?;
     Ok(facts)
 }

@@ -71,6 +71,15 @@ macro_rules! bad {
     };
 }
 
+/// A TOML parse error of `file`, located by line, as [`BadInput`] (exit code 2).
+pub fn toml_error(file: &std::path::Path, src: &str, e: &toml::de::Error) -> anyhow::Error {
+    let line = e
+        .span()
+        .map(|s| src[..s.start].matches('\n').count() + 1)
+        .unwrap_or(1);
+    BadInput(format!("{}:{line}: {}", file.display(), e.message())).into()
+}
+
 /// An input error that is not located in a recipe (an unknown image name, a bad tarball entry).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

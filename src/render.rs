@@ -109,17 +109,7 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
     let spec_path = dir.join(LAYER_TOML);
     let spec: LayerToml = if spec_path.exists() {
         let src = std::fs::read_to_string(&spec_path)?;
-        toml::from_str(&src).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| src[..s.start].matches('\n').count() + 1)
-                .unwrap_or(1);
-            anyhow::Error::from(crate::BadInput(format!(
-                "{}:{line}: {}",
-                spec_path.display(),
-                e.message()
-            )))
-        })?
+        toml::from_str(&src).map_err(|e| crate::toml_error(&spec_path, &src, &e))?
     } else {
         LayerToml::default()
     };

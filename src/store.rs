@@ -189,7 +189,29 @@ pub struct StoreLock {
     _file: File,
 }
 
-/// The per-layer facts the store keeps (beside the OCI descriptors).
+/// The content facts of a built layer: what the cache remembers under the layer's key, and what
+/// the store record keeps of it (with its names).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct LayerFacts {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    /// Stored (compressed) bytes.
+    pub size: u64,
+    /// Bytes of the uncompressed tar stream.
+    pub uncompressed_size: u64,
+    pub media_type: String,
+    pub entries: u64,
+    pub file_bytes: u64,
+    /// Debian packages this layer installed (`name`, `version`), for the base and package JDKs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<(String, String)>,
+    /// The layer holds a private key (the cluster's SSH key).
+    #[serde(default)]
+    pub private_key: bool,
+}
+
+/// A layer of the store record: its facts, and what the recipe calls it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub struct LayerRecord {
@@ -197,22 +219,18 @@ pub struct LayerRecord {
     /// What budgets call it (`base`, `jdk-<name>`, a `[[layer]]` name, `hadoop-dist`).
     #[serde(default)]
     pub family: String,
-    pub digest: Digest,
-    pub diff_id: Digest,
-    pub size: u64,
-    pub uncompressed_size: u64,
-    pub media_type: String,
-    pub entries: u64,
-    pub file_bytes: u64,
-    /// Versions (images) of the recipe that carry this layer.
+    /// Images of the recipe that carry this layer.
     #[serde(default)]
     pub shared_by: Vec<String>,
-    /// Debian packages this layer installed (`name`, `version`), for the base and package JDKs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub packages: Vec<(String, String)>,
-    /// The layer holds a private key (the cluster's SSH key).
-    #[serde(default)]
-    pub private_key: bool,
+    #[serde(flatten)]
+    pub facts: LayerFacts,
+}
+
+impl std::ops::Deref for LayerRecord {
+    type Target = LayerFacts;
+    fn deref(&self) -> &LayerFacts {
+        &self.facts
+    }
 }
 
 /// One image of the store record.
@@ -247,16 +265,22 @@ pub struct Store {
 }
 
 impl Store {
-    /// Creates the layout if missing.
+    /// Creates the store's directories if missing; [`Store::ensure_layout`] writes `oci-layout`
+    /// once the lock is held (another process's `clean_temp` must not see its temp file).
     pub fn ensure(root: &Path) -> Result<Store> {
         fs::create_dir_all(root.join(BLOBS)).with_context(|| format!("creating store {root:?}"))?;
-        let layout = root.join(OCI_LAYOUT);
-        if !layout.exists() {
-            atomic_write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        }
         Ok(Store {
             root: root.to_path_buf(),
         })
+    }
+
+    /// Writes `oci-layout` if missing (call with the lock held).
+    pub fn ensure_layout(&self) -> Result<()> {
+        let layout = self.root.join(OCI_LAYOUT);
+        if !layout.exists() {
+            atomic_write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        Ok(())
     }
 
     /// Opens an existing store; a clear error if there is none.

@@ -393,6 +393,86 @@ pub type Packages = Vec<(String, String)>;
 /// Stable path every image's JAVA_HOME points through.
 pub const JAVA_LINK: &str = "opt/java";
 
+/// The rootfs of the base plus a package JDK (cached; the JDK layer is its difference with the
+/// base, and the disk layer is computed against it).
+fn ensure_jdk_rootfs(
+    cache: &Cache,
+    jdk: &Jdk,
+    base: &Base,
+    prepared: &PreparedBase,
+    (pkgs, apt_sources): (&[String], &[String]),
+    epoch: u64,
+    progress: &Progress,
+) -> Result<PathBuf> {
+    let key = jdk_key(jdk, &prepared.key);
+    let upper = cache.base_dir(&format!("jdk-{key}")).join("rootfs.tar");
+    if !upper.is_file() {
+        let what = format!("base + JDK {}", jdk.name);
+        run_mmdebstrap(base, (pkgs, apt_sources), epoch, &upper, &what, progress)?;
+    }
+    Ok(upper)
+}
+
+/// The disk-only package layer: what `[disk] packages` (kernel, systemd, …) add on top of the
+/// base and the image's JDK, as a difference computed by one more mmdebstrap run.
+pub fn disk_entries(
+    cache: &Cache,
+    base: &Base,
+    jdk: Option<&Jdk>,
+    disk_packages: &[String],
+    prepared: &PreparedBase,
+    epoch: u64,
+    progress: &Progress,
+) -> Result<(Vec<Entry>, Packages)> {
+    let (mut pkgs, mut sources) = (Vec::new(), Vec::new());
+    let lower_tar = match jdk.map(|j| (j, &j.source)) {
+        Some((
+            j,
+            JdkSource::Packages {
+                packages,
+                apt_sources,
+            },
+        )) => {
+            pkgs.extend(packages.iter().cloned());
+            sources.extend(apt_sources.iter().cloned());
+            ensure_jdk_rootfs(
+                cache,
+                j,
+                base,
+                prepared,
+                (packages, apt_sources),
+                epoch,
+                progress,
+            )?
+        }
+        _ => prepared.rootfs.clone(),
+    };
+    pkgs.extend(disk_packages.iter().cloned());
+    let key = crate::cache::key_of(&serde_json::json!({
+        "kind": "disk-rootfs", "base": prepared.key, "packages": pkgs, "sources": sources,
+        "normalize": NORMALIZE_VERSION,
+    }));
+    let upper = cache.base_dir(&format!("disk-{key}")).join("rootfs.tar");
+    if !upper.is_file() {
+        run_mmdebstrap(
+            base,
+            (&pkgs, &sources),
+            epoch,
+            &upper,
+            "base + JDK + disk packages",
+            progress,
+        )?;
+    }
+    let lower = read_rootfs(&lower_tar, epoch)?;
+    let upper_entries = read_rootfs(&upper, epoch)?;
+    let lower_pk: BTreeMap<_, _> = dpkg_packages(&lower)?.into_iter().collect();
+    let packages = dpkg_packages(&upper_entries)?
+        .into_iter()
+        .filter(|(p, v)| lower_pk.get(p) != Some(v))
+        .collect();
+    Ok((layer::diff_trees(&lower, &upper_entries)?, packages))
+}
+
 /// The entries of a JDK layer, with the installed package list.
 pub fn jdk_entries(
     cache: &Cache,
@@ -409,12 +489,15 @@ pub fn jdk_entries(
             apt_sources,
         } => {
             let prepared = prepared.context("a package JDK needs the base root filesystem")?;
-            let key = jdk_key(jdk, &prepared.key);
-            let upper = cache.base_dir(&format!("jdk-{key}")).join("rootfs.tar");
-            if !upper.is_file() {
-                let what = format!("base + JDK {}", jdk.name);
-                run_mmdebstrap(base, (pkgs, apt_sources), epoch, &upper, &what, progress)?;
-            }
+            let upper = ensure_jdk_rootfs(
+                cache,
+                jdk,
+                base,
+                prepared,
+                (pkgs, apt_sources),
+                epoch,
+                progress,
+            )?;
             let lower = read_rootfs(&prepared.rootfs, epoch)?;
             let upper_entries = read_rootfs(&upper, epoch)?;
             let lower_pk: BTreeMap<_, _> = prepared.info.packages.iter().cloned().collect();

@@ -64,6 +64,8 @@ enum Producer {
     },
     /// A layer of an OCI base, reused as it is.
     Imported(LayerFacts, PathBuf),
+    /// The disk-only packages over the base and this JDK (by name).
+    Disk(Option<String>),
 }
 
 /// One layer of the plan.
@@ -81,6 +83,8 @@ pub struct Plan {
     pub catalogue: Catalogue,
     pub layers: Vec<PlannedLayer>,
     pub images: Vec<PlannedImage>,
+    /// The layers a version's disk adds to its image (disk-only packages and layers), by version.
+    pub disk_layers: BTreeMap<String, Vec<usize>>,
     base: Option<PreparedBase>,
     cluster_key: Option<ClusterKey>,
 }
@@ -303,6 +307,7 @@ pub fn make_plan(
     };
     let recipe_value = serde_json::json!({"name": recipe.name, "epoch": recipe.epoch, "description": recipe.description});
     let mut shared = Vec::new();
+    let mut disk_only = Vec::new();
     for spec in recipe.layers.iter().filter(|l| !l.per_version) {
         let cx = RenderContext {
             recipe: recipe_value.clone(),
@@ -327,13 +332,18 @@ pub fn make_plan(
             inputs = serde_json::json!([inputs, base_ident]);
         }
         let key = fmt_key("dir", inputs);
-        shared.push(add(
+        let idx = add(
             &mut layers,
             &spec.name,
             spec.name.clone(),
             key,
             Producer::Entries(entries),
-        ));
+        );
+        if spec.disk_only {
+            disk_only.push(idx)
+        } else {
+            shared.push(idx)
+        }
     }
 
     // Images.
@@ -343,6 +353,7 @@ pub fn make_plan(
         .filter(|v| opts.only.is_empty() || opts.only.contains(v))
         .collect();
     let mut images = Vec::new();
+    let mut disk_layers = BTreeMap::new();
     for v in selected {
         let facts = catalogue.get(v).expect("validated");
         let mut list = base_layers.clone();
@@ -415,6 +426,30 @@ pub fn make_plan(
             version: Some(v.clone()),
             layers: list,
         });
+        if let Some(disk) = &recipe.disk {
+            let mut dl = Vec::new();
+            if !disk.packages.is_empty() {
+                let jdk = recipe.jdk_for(v);
+                let key = fmt_key(
+                    "disk",
+                    serde_json::json!({
+                        "base": base_ident,
+                        "jdk": jdk.map(|j| base::jdk_key(j, &base_ident)),
+                        "packages": disk.packages,
+                    }),
+                );
+                let producer = Producer::Disk(jdk.map(|j| j.name.clone()));
+                dl.push(add(
+                    &mut layers,
+                    "disk",
+                    "disk-packages".into(),
+                    key,
+                    producer,
+                ));
+            }
+            dl.extend(&disk_only);
+            disk_layers.insert(v.clone(), dl);
+        }
     }
     // `<recipe>:base`: the layers every version of the recipe shares, as an image of its own.
     let one_jdk: BTreeSet<_> = recipe
@@ -439,6 +474,7 @@ pub fn make_plan(
         catalogue,
         layers,
         images,
+        disk_layers,
         base: prepared,
         cluster_key,
     })
@@ -808,6 +844,12 @@ fn ensure_layer(
             )?
         }
         Producer::Entries(e) => (e.clone(), vec![]),
+        Producer::Disk(jdk) => {
+            let p = plan.base.as_ref().context("the base was not prepared")?;
+            let disk = recipe.disk.as_ref().context("no [disk] in the recipe")?;
+            let jdk = jdk.as_ref().map(|j| &recipe.jdks[j]);
+            base::disk_entries(cache, &recipe.base, jdk, &disk.packages, p, epoch, progress)?
+        }
         Producer::Dist {
             version,
             origin,
@@ -907,6 +949,7 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
         .images
         .iter()
         .flat_map(|i| i.layers.iter().copied())
+        .chain(plan.disk_layers.values().flatten().copied())
         .collect();
     let mut built = 0;
     let mut records: HashMap<usize, (LayerFacts, PathBuf)> = HashMap::new();
@@ -1021,6 +1064,16 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
                 .and_then(|v| recipe.jdk_for(v).map(|j| j.name.clone())),
             layers: layers.iter().map(|l| l.digest.to_string()).collect(),
             carries_private_key: carries_key,
+            disk_layers: img
+                .version
+                .as_ref()
+                .and_then(|v| plan.disk_layers.get(v))
+                .map(|ls| {
+                    ls.iter()
+                        .map(|&i| records[&i].0.digest.to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
         new_entries.push(written.index_entry);
     }
@@ -1083,8 +1136,11 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
         let r = layer_record(idx);
         all_layers.insert(r.digest.to_string(), r);
     }
-    let referenced: BTreeSet<&String> =
-        record.images.iter().flat_map(|i| i.layers.iter()).collect();
+    let referenced: BTreeSet<&String> = record
+        .images
+        .iter()
+        .flat_map(|i| i.layers.iter().chain(&i.disk_layers))
+        .collect();
     for (d, mut r) in all_layers {
         if referenced.contains(&d) {
             r.shared_by = record

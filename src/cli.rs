@@ -124,6 +124,26 @@ missing or corrupt."
         #[command(flatten)]
         policy: PolicyArgs,
     },
+    /// Make a bootable qcow2 (BIOS and UEFI) of an image, and optionally boot-test it under QEMU.
+    #[command(
+        after_help = "The disk is written to DIR/disks/<recipe>_<version>.qcow2 (through a temp name). \
+What the disk needs beyond the container image (kernel, systemd: the recipe's [disk]) was recorded at \
+build time. --boot-test boots it on each firmware and checks: no failed units, the hadoop user and \
+environment, java, sshd, the configs; results are kept beside the disk."
+    )]
+    Disk {
+        /// `recipe:version`, a tag or a manifest digest.
+        image: String,
+        /// Boot the disk under QEMU and check it.
+        #[arg(long)]
+        boot_test: bool,
+        /// Firmware to boot-test (repeatable).
+        #[arg(long, value_name = "bios|uefi", default_values = ["bios", "uefi"])]
+        firmware: Vec<String>,
+        /// Seconds to wait for the login prompt and the boot check.
+        #[arg(long, default_value_t = 300)]
+        boot_timeout: u64,
+    },
     /// List the images of the store.
     Ls,
     /// Show an image: layers, sizes, which images share each layer, labels, packages.
@@ -321,6 +341,44 @@ pub fn run(cli: Cli) -> Result<()> {
                 {
                     return Err(crate::policy::BudgetExceeded(r.verdicts.clone()).into());
                 }
+            }
+        }
+        Command::Disk {
+            image,
+            boot_test,
+            firmware,
+            boot_timeout,
+        } => {
+            let rep = crate::disk::disk(&crate::disk::Options {
+                output: cli.output.clone(),
+                image: image.clone(),
+                boot_test: *boot_test,
+                firmware: firmware.clone(),
+                quiet: cli.quiet,
+                boot_timeout: std::time::Duration::from_secs(*boot_timeout),
+            })?;
+            if cli.json {
+                return print_json(&rep);
+            }
+            println!(
+                "{} → {} ({} qcow2, {} virtual, min_disk {} GiB; root content {})",
+                rep.image,
+                rep.disk.display(),
+                human(rep.qcow2_bytes),
+                human(rep.virtual_size),
+                rep.min_disk_gib,
+                human(rep.root_used_bytes)
+            );
+            for b in &rep.boot_tests {
+                let secs = b
+                    .seconds_to_login
+                    .map(|s| format!("{s:.0}s to login"))
+                    .unwrap_or_default();
+                println!(
+                    "boot test {}: {} {secs}",
+                    b.firmware,
+                    if b.passed { "passed" } else { "FAILED" }
+                );
             }
         }
         Command::Ls => {

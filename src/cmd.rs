@@ -19,6 +19,8 @@ pub fn package_of(tool: &str) -> &'static str {
         "sfdisk" => "fdisk",
         "mkfs.fat" => "dosfstools",
         "mcopy" | "mmd" => "mtools",
+        "grub-mkimage" => "grub-pc-bin (and grub-common)",
+        "objcopy" | "objdump" => "binutils",
         "qemu-img" => "qemu-utils",
         "qemu-system-x86_64" => "qemu-system-x86",
         "docker" | "dockerd" => "docker.io",

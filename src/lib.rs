@@ -14,6 +14,7 @@ pub mod cache;
 pub mod cli;
 pub mod cmd;
 pub mod compress;
+pub mod disk;
 pub mod fetch;
 pub mod hadoop;
 pub mod inspect;

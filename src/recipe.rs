@@ -100,6 +100,8 @@ pub struct RawRecipe {
     pub image: Option<RawImage>,
     #[serde(default)]
     pub policy: Option<Spanned<RawPolicy>>,
+    #[serde(default)]
+    pub disk: Option<Spanned<RawDisk>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +257,23 @@ pub struct RawLayer {
     pub accounts: bool,
     #[serde(default)]
     pub budget: Option<Spanned<RawSize>>,
+    /// Only in disks (VMs), not in the container images.
+    #[serde(default)]
+    pub disk_only: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDisk {
+    /// Debian packages only disks get (kernel, systemd, …): one layer shared by every disk.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// The root filesystem size (default: content plus a margin).
+    #[serde(default)]
+    pub size: Option<Spanned<RawSize>>,
+    /// Extra kernel command-line arguments.
+    #[serde(default)]
+    pub cmdline: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,6 +384,17 @@ pub struct LayerSpec {
     pub per_version: bool,
     /// This layer carries the recipe's user accounts and the cluster SSH key pair.
     pub accounts: bool,
+    /// Only in disks, not in container images.
+    pub disk_only: bool,
+}
+
+/// What a bootable disk needs beyond the container image.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DiskSpec {
+    pub packages: Vec<String>,
+    pub size: Option<crate::policy::Size>,
+    pub cmdline: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -403,6 +433,7 @@ pub struct Recipe {
     pub vars: serde_json::Value,
     pub image: ImageSettings,
     pub policy: Policy,
+    pub disk: Option<DiskSpec>,
     /// `[base] exclude-docs` (None for non-mmdebstrap bases), for advice.
     pub excludes_docs: Option<bool>,
 }
@@ -864,6 +895,7 @@ pub fn validate(
             dir: canon,
             per_version: l.per_version,
             accounts: l.accounts,
+            disk_only: l.disk_only,
         });
     }
     if layers.iter().filter(|l| l.accounts).count() > 1 {
@@ -1015,6 +1047,38 @@ pub fn validate(
             .layer_budgets
             .insert("hadoop-dist".into(), size(b, "dist.budget")?);
     }
+    let disk = match &raw.disk {
+        None => None,
+        Some(rd) => {
+            let d = rd.get_ref();
+            if !d.packages.is_empty() && !matches!(base, Base::Mmdebstrap { .. }) {
+                return Err(cx.err(
+                    rd.span(),
+                    "disk.packages",
+                    "disk-only packages need an mmdebstrap base",
+                ));
+            }
+            let size = match &d.size {
+                Some(sz) => Some(size(sz, "disk.size")?),
+                None => None,
+            };
+            Some(DiskSpec {
+                packages: d.packages.clone(),
+                size,
+                cmdline: d.cmdline.clone(),
+            })
+        }
+    };
+    if layers
+        .iter()
+        .any(|l| l.disk_only && (l.per_version || l.accounts))
+    {
+        return Err(cx.err(
+            raw.recipe.span(),
+            "layer.disk-only",
+            "a disk-only layer is shared: it cannot be per-version or carry the accounts",
+        ));
+    }
     let excludes_docs = match &base {
         Base::Mmdebstrap { exclude_docs, .. } => Some(*exclude_docs),
         _ => None,
@@ -1050,6 +1114,7 @@ pub fn validate(
             })
             .unwrap_or_default(),
         policy,
+        disk,
         excludes_docs,
     })
 }
@@ -1130,6 +1195,7 @@ impl Recipe {
             "policy": self.policy,
             "excludes-docs": self.excludes_docs,
             "dist": self.dist,
+            "disk": self.disk,
         })
     }
 }

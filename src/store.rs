@@ -245,6 +245,10 @@ pub struct ImageRecord {
     pub jdk: Option<String>,
     pub layers: Vec<String>,
     pub carries_private_key: bool,
+    /// What the image's bootable disk adds (disk-only packages and layers), by digest; the blobs
+    /// are in the store, reached through this record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk_layers: Vec<String>,
 }
 
 /// The store record: what later commands need without the recipe.
@@ -454,9 +458,15 @@ impl Store {
         serde_json::from_slice(&data).with_context(|| format!("parsing store record {digest}"))
     }
 
-    /// Every blob the index reaches (manifests, configs, layers, the record).
+    /// Every blob the index reaches (manifests, configs, layers, the record and the disk layers
+    /// it names).
     pub fn reachable(&self, index: &ImageIndex) -> Result<BTreeSet<String>> {
         let mut set = BTreeSet::new();
+        for img in self.read_record(index)?.images {
+            for d in img.disk_layers {
+                set.insert(d.trim_start_matches("sha256:").to_string());
+            }
+        }
         if let Some(d) = index
             .annotations()
             .as_ref()

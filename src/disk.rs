@@ -356,12 +356,6 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         .iter()
         .find(|i| i.name == name)
         .with_context(|| format!("the store record lacks {name}"))?;
-    if rec.disk_layers.is_empty() {
-        return Err(crate::BadInput(format!(
-            "{name} has no disk layers: its recipe needs a [disk] table (with a kernel in `packages`) to make bootable disks"
-        ))
-        .into());
-    }
     let manifest = v.manifest(&desc)?;
     let digest = desc.digest().clone();
     let settings = v
@@ -375,6 +369,12 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         .get("disk")
         .cloned()
         .and_then(|d| serde_json::from_value(d).ok());
+    if disk_spec.is_none() {
+        return Err(crate::BadInput(format!(
+            "{name} has no disk settings: its recipe needs a [disk] table (with a kernel in `packages`, unless the base has one) to make bootable disks"
+        ))
+        .into());
+    }
 
     let disks = opts.output.join(DISKS_DIR);
     std::fs::create_dir_all(&disks)?;

@@ -311,6 +311,23 @@ fn lab_rebuilt_from_scratch_gives_the_same_digests() {
         index_digests(&lab.store),
         "mmdebstrap bases must be byte-identical"
     );
+    // The disks of the two stores (built with separate caches) are byte-identical too.
+    if disk_tools() {
+        let mut disks = Vec::new();
+        for (s, cache) in [
+            (&lab.store, &lab.cache),
+            (&store, &tmp.path().join("cache")),
+        ] {
+            let mut c = strata(cache);
+            c.args(["disk", "hadoop-lab:3.4.1", "-q", "-o"]).arg(s);
+            ok(c);
+            disks.push(std::fs::read(s.join("disks/hadoop-lab_3.4.1.qcow2")).unwrap());
+        }
+        assert!(
+            disks[0] == disks[1],
+            "two disk builds from separately built stores differ"
+        );
+    }
 }
 
 #[test]
@@ -384,4 +401,80 @@ fn lab_dist_script_mounts_installs_and_refuses_at_boot() {
     );
     let o = ok(in_root(&root, &["/opt/hadoop/bin/hadoop"]));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "Hadoop test\n");
+}
+
+fn disk_tools() -> bool {
+    [
+        "mke2fs",
+        "sfdisk",
+        "mkfs.fat",
+        "mcopy",
+        "grub-mkimage",
+        "objcopy",
+        "qemu-img",
+        "qemu-system-x86_64",
+    ]
+    .iter()
+    .all(|t| require(t))
+}
+
+#[test]
+fn lab_disk_boots_on_bios_and_uefi_with_no_failed_units() {
+    let Some(lab) = lab() else { return };
+    if !disk_tools() {
+        return;
+    }
+    let mut c = strata(&lab.cache);
+    c.args(["disk", "hadoop-lab:3.3.6", "--boot-test", "--json", "-o"])
+        .arg(&lab.store);
+    let out = run(c);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "boot test failed: {}\n{r:#}",
+        stderr(&out)
+    );
+    let tests = r["boot-tests"].as_array().unwrap();
+    let fw: Vec<&str> = tests
+        .iter()
+        .map(|t| t["firmware"].as_str().unwrap())
+        .collect();
+    assert_eq!(fw, ["bios", "uefi"]);
+    for t in tests {
+        assert_eq!(t["passed"], true, "{t:#}");
+        for (k, v) in [
+            ("state", "running"),
+            ("failed", "none"),
+            ("user", "ok"),
+            ("env", "ok"),
+            ("java", "ok"),
+            ("sshd", "active"),
+            ("configs", "ok"),
+            ("hadoop", "3.3.6"),
+        ] {
+            assert_eq!(t["check"][k], v, "{k} on {}", t["firmware"]);
+        }
+        let log = std::fs::read_to_string(t["console-log"].as_str().unwrap()).unwrap();
+        assert!(
+            log.contains("login:"),
+            "the serial console shows a login prompt"
+        );
+    }
+    // A plain qcow2 (Glance refuses backing files) that qemu-img checks clean; min_disk from it.
+    let disk = r["disk"].as_str().unwrap();
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", disk])
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert!(info.get("backing-filename").is_none());
+    let vsize = info["virtual-size"].as_u64().unwrap();
+    assert_eq!(r["min-disk-gib"].as_u64().unwrap(), vsize.div_ceil(1 << 30));
+    // The result is kept beside the disk, keyed by the image digest.
+    let kept: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(lab.store.join("disks/hadoop-lab_3.3.6.boot-test.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kept["manifest"], r["manifest"]);
 }

@@ -607,3 +607,52 @@ fn zstd_layers_verify_and_read_back() {
         ok(s);
     }
 }
+
+#[test]
+fn a_disk_needs_a_kernel_and_leaves_nothing_behind() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    build_ok(&p, &out);
+    let cache = p.root().join("cache");
+    // No [disk] in the recipe: a clear error.
+    let mut c = strata(&cache);
+    c.args(["disk", "tiny:3.3.6", "-o"]).arg(&out);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("needs a [disk] table"),
+        "{}",
+        stderr(&o)
+    );
+    if ![
+        "mke2fs",
+        "sfdisk",
+        "mkfs.fat",
+        "mcopy",
+        "grub-mkimage",
+        "objcopy",
+        "qemu-img",
+    ]
+    .iter()
+    .all(|t| require(t))
+    {
+        return;
+    }
+    // A [disk] without a kernel in the base: refused, no partial disk left behind.
+    p.edit_recipe(|s| format!("{s}\n[disk]\ncmdline = [\"quiet\"]\n"));
+    build_ok(&p, &out);
+    let mut c = strata(&cache);
+    c.args(["disk", "tiny:3.3.6", "-o"]).arg(&out);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs a kernel"), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(out.join("disks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing left in disks/: {left:?}");
+    // An image that does not exist.
+    let mut c = strata(&cache);
+    c.args(["disk", "tiny:9.9.9", "-o"]).arg(&out);
+    assert_eq!(run(c).status.code(), Some(2));
+}

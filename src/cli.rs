@@ -143,6 +143,9 @@ environment, java, sshd, the configs; results are kept beside the disk."
         /// Seconds to wait for the login prompt and the boot check.
         #[arg(long, default_value_t = 300)]
         boot_timeout: u64,
+        /// Boot-test a copy grown to this size, as a flavor's disk (e.g. 4GiB): the root must grow.
+        #[arg(long, value_name = "SIZE")]
+        flavor_disk: Option<String>,
     },
     /// List the images of the store.
     Ls,
@@ -348,8 +351,18 @@ pub fn run(cli: Cli) -> Result<()> {
             boot_test,
             firmware,
             boot_timeout,
+            flavor_disk,
         } => {
+            let flavor_disk = match flavor_disk {
+                Some(s) => Some(
+                    s.parse::<crate::policy::Size>()
+                        .map_err(|e| crate::BadInput(format!("--flavor-disk: {e}")))?
+                        .0,
+                ),
+                None => None,
+            };
             let rep = crate::disk::disk(&crate::disk::Options {
+                flavor_disk,
                 output: cli.output.clone(),
                 image: image.clone(),
                 boot_test: *boot_test,

@@ -59,6 +59,8 @@ pub struct Options {
     pub firmware: Vec<String>,
     pub quiet: bool,
     pub boot_timeout: Duration,
+    /// Boot-test on a copy grown to this size, as a flavor's disk would be (checks growfs).
+    pub flavor_disk: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +86,8 @@ pub struct BootResult {
     pub check: BTreeMap<String, String>,
     pub problems: Vec<String>,
     pub console_log: PathBuf,
+    /// The disk size the test grew the disk to, if any.
+    pub flavor_disk: Option<u64>,
 }
 
 /// Runs an external tool through the one helper (command and stderr tail in the error).
@@ -562,13 +566,34 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
     };
     if opts.boot_test {
         for fw in &opts.firmware {
-            let r = boot_test(
-                &dest,
-                fw,
-                &disks.join(format!("{stem}.{fw}.console.log")),
-                opts.boot_timeout,
-                &progress,
-            )?;
+            let log = disks.join(format!("{stem}.{fw}.console.log"));
+            let mut r = match opts.flavor_disk {
+                None => boot_test(&dest, fw, &log, opts.boot_timeout, &progress)?,
+                Some(size) => {
+                    // A copy grown like a flavor's disk: the root must grow to fill it.
+                    let grown = w.join("flavor.qcow2");
+                    std::fs::copy(&dest, &grown)?;
+                    let mut c = Command::new("qemu-img");
+                    c.args(["resize", "-q"]).arg(&grown).arg(size.to_string());
+                    tool(c)?;
+                    let mut r = boot_test(&grown, fw, &log, opts.boot_timeout, &progress)?;
+                    let mib: u64 = r
+                        .check
+                        .get("rootfs-mib")
+                        .and_then(|m| m.parse().ok())
+                        .unwrap_or(0);
+                    let want = size.saturating_sub(virtual_size) + root_size * 9 / 10;
+                    if mib * (1 << 20) < want {
+                        r.problems.push(format!(
+                            "the root file system is {mib} MiB: it did not grow to the {} disk",
+                            crate::build::human(size)
+                        ));
+                        r.passed = false;
+                    }
+                    r
+                }
+            };
+            r.flavor_disk = opts.flavor_disk;
             report.boot_tests.push(r);
         }
         let results = disks.join(format!("{stem}.boot-test.json"));
@@ -727,5 +752,6 @@ pub fn boot_test(
         check,
         problems,
         console_log: log.to_path_buf(),
+        flavor_disk: None,
     })
 }

@@ -98,3 +98,36 @@ pub fn run(mut cmd: Command, mut on_line: impl FnMut(&str)) -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs a command and returns its stdout; errors like [`run`].
+pub fn output(mut cmd: Command) -> Result<Vec<u8>> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    if !program.contains('/') && !have(&program) {
+        bail!(
+            "`{program}` is not installed: install the Debian package {}",
+            package_of(&program)
+        );
+    }
+    let line = describe(&cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("starting `{line}`: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!(
+            "`{line}` failed ({}); the end of its output:\n{}",
+            out.status,
+            tail.join("\n")
+        );
+    }
+    Ok(out.stdout)
+}

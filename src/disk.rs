@@ -234,12 +234,11 @@ fn build_uki(
         std::fs::write(work.join(n), d)?;
     }
     // Place the new sections after the stub's last one, page-aligned.
-    let out = Command::new("objdump")
-        .args(["-h", "-w", EFI_STUB])
-        .output()
-        .context("running objdump (binutils)")?;
+    let mut objdump = Command::new("objdump");
+    objdump.args(["-h", "-w", EFI_STUB]);
+    let out = crate::cmd::output(objdump)?;
     let mut end = 0u64;
-    for l in String::from_utf8_lossy(&out.stdout).lines() {
+    for l in String::from_utf8_lossy(&out).lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.len() >= 7 && f[0].chars().all(|c| c.is_ascii_digit()) {
             let size = u64::from_str_radix(f[2], 16).unwrap_or(0);

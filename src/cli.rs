@@ -146,6 +146,10 @@ environment, java, sshd, the configs; results are kept beside the disk."
         /// Boot-test a copy grown to this size, as a flavor's disk (e.g. 4GiB): the root must grow.
         #[arg(long, value_name = "SIZE")]
         flavor_disk: Option<String>,
+        /// Also write a per-version overlay on the recipe's shared base disk (local development;
+        /// Glance refuses backing files, so publish uses the flattened disk).
+        #[arg(long)]
+        overlay: bool,
     },
     /// List the images of the store.
     Ls,
@@ -352,6 +356,7 @@ pub fn run(cli: Cli) -> Result<()> {
             firmware,
             boot_timeout,
             flavor_disk,
+            overlay,
         } => {
             let flavor_disk = match flavor_disk {
                 Some(s) => Some(
@@ -363,6 +368,7 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let rep = crate::disk::disk(&crate::disk::Options {
                 flavor_disk,
+                overlay: *overlay,
                 output: cli.output.clone(),
                 image: image.clone(),
                 boot_test: *boot_test,
@@ -382,6 +388,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 rep.min_disk_gib,
                 human(rep.root_used_bytes)
             );
+            if let (Some(o), Some(b), Some(n)) = (&rep.overlay, &rep.base_disk, rep.overlay_bytes) {
+                println!(
+                    "overlay {} ({}) on the shared base disk {}",
+                    o.display(),
+                    human(n),
+                    b.display()
+                );
+            }
             for b in &rep.boot_tests {
                 let secs = b
                     .seconds_to_login

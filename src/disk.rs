@@ -6,7 +6,8 @@
 //!
 //! 1. **Flatten** the layers in order (whiteouts applied; `/etc/passwd`, `group`, `shadow` and
 //!    `gshadow` merged by name, since the disk layer adds system users the accounts layer's copy
-//!    does not know) into one tar.
+//!    does not know) into one tar: what the recipe's versions share first, the per-version rest
+//!    last, so every version's disk starts with the same bytes.
 //! 2. **Root filesystem**: `mke2fs -t ext4 -d rootfs.tar` (e2fsprogs ≥ 1.47.1) with a UUID and
 //!    hash seed derived from the image digest and `SOURCE_DATE_EPOCH`: the same image gives the
 //!    same bytes. Size: content plus a margin, or `[disk] size`.
@@ -18,6 +19,9 @@
 //!    GRUB's `boot.img` code goes into the protective MBR and `core.img` into the BIOS boot
 //!    partition, with the sector pointers patched here (what grub-install would do).
 //! 6. `qemu-img convert -O qcow2`, `qemu-img check`; written to a temp name, renamed at the end.
+//!    `--overlay` also writes the recipe's shared base disk (once; same size and ids as every
+//!    version's disk) and this version as an overlay on it: an empty overlay on the flattened
+//!    disk, `qemu-img rebase`d onto the base, keeps only the clusters that differ (≈1 MiB).
 //!
 //! `--boot-test` boots the disk under QEMU (TCG; KVM where it works) on BIOS and on UEFI, reads
 //! the serial console for the `STRATA-BOOT-CHECK` line the `vm` layer prints once boot is done,
@@ -61,6 +65,8 @@ pub struct Options {
     pub boot_timeout: Duration,
     /// Boot-test on a copy grown to this size, as a flavor's disk would be (checks growfs).
     pub flavor_disk: Option<u64>,
+    /// Also write a per-version overlay backed by the recipe's shared base disk.
+    pub overlay: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -75,6 +81,10 @@ pub struct DiskReport {
     pub min_disk_gib: u64,
     pub root_used_bytes: u64,
     pub boot_tests: Vec<BootResult>,
+    /// `--overlay`: this version as an overlay on the shared base disk.
+    pub overlay: Option<PathBuf>,
+    pub overlay_bytes: Option<u64>,
+    pub base_disk: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, Clone)]
@@ -96,8 +106,8 @@ fn tool(cmd: Command) -> Result<()> {
 }
 
 /// A 16-byte id derived from the image digest and a purpose, as a UUID string.
-fn derived_uuid(digest: &Digest, purpose: &str) -> String {
-    let h = Sha256::digest(format!("{digest}/{purpose}").as_bytes());
+fn derived_uuid(ident: &str, purpose: &str) -> String {
+    let h = Sha256::digest(format!("{ident}/{purpose}").as_bytes());
     let mut b = [0u8; 16];
     b.copy_from_slice(&h[..16]);
     b[6] = (b[6] & 0x0f) | 0x40; // version 4 layout
@@ -113,12 +123,15 @@ fn derived_uuid(digest: &Digest, purpose: &str) -> String {
     )
 }
 
-/// Flattens layer tars (lowest first) into one list of entries: whiteouts applied, account
-/// databases merged by name.
-pub fn flatten(layer_tars: &[PathBuf]) -> Result<Vec<Entry>> {
-    let mut fs: BTreeMap<String, Entry> = BTreeMap::new();
+/// Flattens layer tars (lowest first): whiteouts applied, account databases merged by name.
+/// Returns (head, tail): what the `shared` layers give (and every directory a shared layer has),
+/// then what only the other layers give; each part sorted, parents before children.
+pub fn flatten_split(layer_tars: &[PathBuf], shared: &[bool]) -> Result<(Vec<Entry>, Vec<Entry>)> {
+    let mut fs: BTreeMap<String, (Entry, bool)> = BTreeMap::new();
+    let mut shared_dirs: std::collections::HashSet<String> = Default::default();
     let mut accounts: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for tar in layer_tars {
+    for (li, tar) in layer_tars.iter().enumerate() {
+        let is_shared = shared.get(li).copied().unwrap_or(true);
         let entries = layer::read_tar_file(
             tar,
             TarPolicy {
@@ -143,6 +156,9 @@ pub fn flatten(layer_tars: &[PathBuf]) -> Result<Vec<Entry>> {
                 fs.retain(|p, _| p != &path && !p.starts_with(&prefix));
                 continue;
             }
+            if e.is_dir() && is_shared {
+                shared_dirs.insert(e.path.clone());
+            }
             if crate::accounts::BaseAccounts::FILES.contains(&e.path.as_str())
                 && let Kind::File(c) = &e.kind
             {
@@ -160,7 +176,8 @@ pub fn flatten(layer_tars: &[PathBuf]) -> Result<Vec<Entry>> {
                 }
                 let mut e = e.clone();
                 e.kind = Kind::File(Content::bytes(format!("{}\n", merged.join("\n"))));
-                fs.insert(e.path.clone(), e);
+                let from_shared = is_shared && fs.get(&e.path).is_none_or(|x| x.1);
+                fs.insert(e.path.clone(), (e, from_shared));
                 continue;
             }
             if !e.is_dir() {
@@ -168,21 +185,39 @@ pub fn flatten(layer_tars: &[PathBuf]) -> Result<Vec<Entry>> {
                 let prefix = format!("{}/", e.path);
                 fs.retain(|p, _| !p.starts_with(&prefix));
             }
-            fs.insert(e.path.clone(), e);
+            fs.insert(e.path.clone(), (e, is_shared));
         }
     }
-    let mut out: Vec<Entry> = fs.into_values().collect();
-    // Hard links whose target a later layer removed become copies of nothing: refuse clearly.
-    let present: std::collections::HashSet<String> = out.iter().map(|e| e.path.clone()).collect();
-    for e in &out {
+    let present: std::collections::HashSet<String> = fs.keys().cloned().collect();
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
+    for (path, (e, from_shared)) in fs {
         if let Kind::Hardlink(t) = &e.kind
             && !present.contains(t)
         {
-            bail!("{}: hard link to {t}, which an upper layer removed", e.path);
+            bail!("{path}: hard link to {t}, which an upper layer removed");
+        }
+        if from_shared || shared_dirs.contains(&path) {
+            head.push(e);
+        } else {
+            tail.push(e);
         }
     }
-    layer::relink_hardlinks(&mut out)?;
-    layer::normalize(out)
+    // A tail hard link may point into the head; a head one must not point into the tail.
+    let tail_paths: std::collections::HashSet<String> =
+        tail.iter().map(|e| e.path.clone()).collect();
+    let mut moved = Vec::new();
+    head.retain(|e| match &e.kind {
+        Kind::Hardlink(t) if tail_paths.contains(t) => {
+            moved.push(e.clone());
+            false
+        }
+        _ => true,
+    });
+    tail.extend(moved);
+    layer::relink_hardlinks(&mut head)?;
+    let head = layer::normalize(head)?;
+    tail.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    Ok((head, tail))
 }
 
 /// Follows a symlink chain inside flattened entries (`vmlinuz` → `boot/vmlinuz-…`).
@@ -321,6 +356,103 @@ fn install_grub_bios(disk: &Path, work: &Path, cmdline: &str) -> Result<()> {
     Ok(())
 }
 
+/// What the boot loaders load.
+struct Boot<'a> {
+    kernel: &'a [u8],
+    initrd: &'a [u8],
+    osrel: &'a [u8],
+    extra_cmdline: &'a str,
+    epoch: u64,
+}
+
+/// Root file system from `rootfs` (a tar), GPT, ESP with the UKI, GRUB for BIOS: a raw disk in
+/// `w`. Returns its path and its size in sectors.
+fn assemble(
+    w: &Path,
+    label: &str,
+    rootfs: &Path,
+    root_size: u64,
+    ident: &str,
+    boot: &Boot,
+) -> Result<(PathBuf, u64)> {
+    let epoch = boot.epoch;
+    let root_uuid = derived_uuid(ident, "root");
+    let root_img = w.join(format!("{label}-root.img"));
+    std::fs::File::create(&root_img)?.set_len(root_size)?;
+    let mut c = Command::new("mke2fs");
+    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .args(["-q", "-F", "-t", "ext4", "-L", "root", "-U", &root_uuid])
+        .arg("-E")
+        .arg(format!("hash_seed={root_uuid},root_owner=0:0"))
+        .arg("-d")
+        .arg(rootfs)
+        .arg(&root_img);
+    tool(c)
+        .context("making the root file system (mke2fs ≥ 1.47.1 with libarchive reads a tarball)")?;
+
+    let root_sectors = root_size / SECTOR;
+    let total = ROOT_START + root_sectors + 2048;
+    let raw = w.join(format!("{label}.raw"));
+    std::fs::File::create(&raw)?.set_len(total * SECTOR)?;
+    let script = format!(
+        "label: gpt\nlabel-id: {}\nfirst-lba: 2048\n\
+         start={BIOS_BOOT_START}, size={BIOS_BOOT_SECTORS}, type=21686148-6449-6E6F-744E-656564454649, uuid={}, name=\"bios\"\n\
+         start={ESP_START}, size={ESP_SECTORS}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid={}, name=\"esp\"\n\
+         start={ROOT_START}, size={root_sectors}, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid={}, name=\"root\"\n",
+        derived_uuid(ident, "gpt"),
+        derived_uuid(ident, "bios"),
+        derived_uuid(ident, "esp"),
+        derived_uuid(ident, "root-part"),
+    );
+    let parts = w.join(format!("{label}.sfdisk"));
+    std::fs::write(&parts, &script)?;
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("exec sfdisk -q --no-reread --no-tell-kernel \"$0\" < \"$1\"")
+        .arg(&raw)
+        .arg(&parts);
+    tool(c).context("partitioning with sfdisk")?;
+    write_at(&raw, &root_img, ROOT_START)?;
+    std::fs::remove_file(&root_img)?;
+
+    let cmdline = format!(
+        "root=UUID={root_uuid} rw console=tty0 console=ttyS0,115200{}",
+        boot.extra_cmdline
+    );
+    let uki = build_uki(w, boot.kernel, boot.initrd, boot.osrel, &cmdline, epoch)?;
+    let esp = w.join(format!("{label}-esp.img"));
+    let vol_id = &derived_uuid(ident, "esp-fat").replace('-', "")[..8];
+    let mut c = Command::new("mkfs.fat");
+    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .args(["-C", "-n", "ESP", "-i", vol_id, "--invariant"])
+        .arg(&esp)
+        .arg((ESP_SECTORS * SECTOR / 1024).to_string());
+    tool(c)?;
+    std::fs::File::options()
+        .write(true)
+        .open(&uki)?
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(epoch))?;
+    let mut c = Command::new("mmd");
+    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .arg("-i")
+        .arg(&esp)
+        .args(["::/EFI", "::/EFI/BOOT"]);
+    tool(c)?;
+    let mut c = Command::new("mcopy");
+    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .arg("-m")
+        .arg("-i")
+        .arg(&esp)
+        .arg(&uki)
+        .arg("::/EFI/BOOT/BOOTX64.EFI");
+    tool(c)?;
+    write_at(&raw, &esp, ESP_START)?;
+    std::fs::remove_file(&esp)?;
+    install_grub_bios(&raw, w, &cmdline)?;
+    Ok((raw, total))
+}
+
 fn write_at(disk: &Path, image: &Path, start_sector: u64) -> Result<()> {
     use std::io::Seek;
     let mut out = std::fs::OpenOptions::new().write(true).open(disk)?;
@@ -387,9 +519,13 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         .tempdir_in(&disks)?;
     let w = work.path();
 
-    // 1. Flatten.
+    // 1. Flatten. The layers several versions share (and the disk layers) come first in the
+    //    root file system's tar, the per-version rest last: mke2fs places data in tar order, so
+    //    every version's disk starts as the same bytes and an overlay on the shared base disk
+    //    is small. Ids (UUIDs, seeds) come from the shared part, for the same reason.
     let task = progress.task(format!("{name}: flattening layers"), None);
     let mut tars = Vec::new();
+    let n_image = manifest.layers().len();
     let layer_digests: Vec<(Digest, String)> = manifest
         .layers()
         .iter()
@@ -400,9 +536,10 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
             Some((dg, media))
         }))
         .collect();
-    if layer_digests.len() != manifest.layers().len() + rec.disk_layers.len() {
+    if layer_digests.len() != n_image + rec.disk_layers.len() {
         bail!("the store record lacks a disk layer of {name}: rebuild it");
     }
+    let mut shared = Vec::new();
     for (i, (d, media)) in layer_digests.iter().enumerate() {
         let path = w.join(format!("layer-{i}.tar"));
         let f = std::io::BufReader::new(v.store.open_blob(d)?);
@@ -413,31 +550,66 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         let mut out = std::fs::File::create(&path)?;
         std::io::copy(&mut r, &mut out).with_context(|| format!("decompressing {d}"))?;
         tars.push(path);
+        let used_by = v
+            .record
+            .layers
+            .get(&d.to_string())
+            .map(|l| l.shared_by.len())
+            .unwrap_or(0);
+        shared.push(i >= n_image || used_by > 1);
     }
-    let entries = flatten(&tars)?;
-    let by_path: BTreeMap<&str, &Entry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let ident = {
+        let mut h = Sha256::new();
+        h.update(crate::oci::split_name(&name).0.as_bytes());
+        for ((d, _), s) in layer_digests.iter().zip(&shared) {
+            if *s {
+                h.update(d.to_string().as_bytes());
+            }
+        }
+        hex::encode(h.finalize())
+    };
+    let (head, tail) = flatten_split(&tars, &shared)?;
+    let by_path: BTreeMap<&str, &Entry> = head
+        .iter()
+        .chain(&tail)
+        .map(|e| (e.path.as_str(), e))
+        .collect();
     let kernel = file_bytes(&by_path, "vmlinuz", "kernel")?;
     let initrd = file_bytes(&by_path, "initrd.img", "initramfs")?;
     let osrel = file_bytes(&by_path, "etc/os-release", "os-release").unwrap_or_default();
     let rootfs = w.join("rootfs.tar");
-    let used = {
+    let base_rootfs = w.join("base-rootfs.tar");
+    let (shared_used, used) = {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&rootfs)?);
-        layer::write_tar(&entries, epoch, &mut f)?;
+        let mut b = std::io::BufWriter::new(std::fs::File::create(&base_rootfs)?);
+        layer::write_tar(&head, epoch, &mut b)?;
+        b.flush()?;
+        layer::write_tar_parts(&[&head, &tail], epoch, &mut f)?;
         f.flush()?;
-        std::fs::metadata(&rootfs)?.len()
+        (
+            std::fs::metadata(&base_rootfs)?.len(),
+            std::fs::metadata(&rootfs)?.len(),
+        )
     };
+    drop(by_path);
+    task.finish(format!(
+        "{} entries ({} per version), {}",
+        head.len() + tail.len(),
+        tail.len(),
+        crate::build::human(used)
+    ));
     for t in &tars {
         std::fs::remove_file(t)?;
     }
-    task.finish(format!(
-        "{} entries, {}",
-        entries.len(),
-        crate::build::human(used)
-    ));
 
-    // 2. Root filesystem.
+    // 2.–5. Root file system, GPT, UEFI and BIOS boot.
     let mib = 1u64 << 20;
-    let auto = (used + used / 4 + 256 * mib).div_ceil(mib) * mib;
+    // One size for every version of the recipe (their overlays share a base disk): the shared
+    // content, its margin, and 16 MiB for what a version adds, unless a version adds more.
+    let auto = (shared_used + shared_used / 4 + 272 * mib)
+        .max(used + used / 4 + 256 * mib)
+        .div_ceil(mib)
+        * mib;
     let root_size = match disk_spec.as_ref().and_then(|d| d.size) {
         Some(s) if s.0 < used + 64 * mib => {
             return Err(crate::BadInput(format!(
@@ -450,92 +622,29 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         Some(s) => s.0.div_ceil(mib) * mib,
         None => auto,
     };
-    let task = progress.task(format!("{name}: ext4 root file system"), None);
-    let root_uuid = derived_uuid(&digest, "root");
-    let root_img = w.join("root.img");
-    std::fs::File::create(&root_img)?.set_len(root_size)?;
-    let mut c = Command::new("mke2fs");
-    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
-        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
-        .args(["-q", "-F", "-t", "ext4", "-L", "root", "-U", &root_uuid])
-        .arg("-E")
-        .arg(format!("hash_seed={root_uuid},root_owner=0:0"))
-        .arg("-d")
-        .arg(&rootfs)
-        .arg(&root_img);
-    tool(c)
-        .context("making the root file system (mke2fs ≥ 1.47.1 with libarchive reads a tarball)")?;
-    std::fs::remove_file(&rootfs)?;
-    task.finish(crate::build::human(root_size));
-
-    // 3. GPT.
-    let root_sectors = root_size / SECTOR;
-    let total = ROOT_START + root_sectors + 2048;
-    let raw = w.join("disk.raw");
-    std::fs::File::create(&raw)?.set_len(total * SECTOR)?;
-    let script = format!(
-        "label: gpt\nlabel-id: {}\nfirst-lba: 2048\n\
-         start={BIOS_BOOT_START}, size={BIOS_BOOT_SECTORS}, type=21686148-6449-6E6F-744E-656564454649, uuid={}, name=\"bios\"\n\
-         start={ESP_START}, size={ESP_SECTORS}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid={}, name=\"esp\"\n\
-         start={ROOT_START}, size={root_sectors}, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid={}, name=\"root\"\n",
-        derived_uuid(&digest, "gpt"),
-        derived_uuid(&digest, "bios"),
-        derived_uuid(&digest, "esp"),
-        derived_uuid(&digest, "root-part"),
-    );
-    std::fs::write(w.join("parts.sfdisk"), &script)?;
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg("exec sfdisk -q --no-reread --no-tell-kernel \"$0\" < \"$1\"")
-        .arg(&raw)
-        .arg(w.join("parts.sfdisk"));
-    tool(c).context("partitioning with sfdisk")?;
-    write_at(&raw, &root_img, ROOT_START)?;
-    std::fs::remove_file(&root_img)?;
-
-    // 4. UEFI: the UKI on the ESP.
-    let mut cmdline = format!("root=UUID={root_uuid} rw console=tty0 console=ttyS0,115200");
-    for extra in disk_spec
+    let mut extra = String::new();
+    for a in disk_spec
         .as_ref()
         .map(|d| d.cmdline.clone())
         .unwrap_or_default()
     {
-        cmdline.push(' ');
-        cmdline.push_str(&extra);
+        extra.push(' ');
+        extra.push_str(&a);
     }
-    let uki = build_uki(w, &kernel, &initrd, &osrel, &cmdline, epoch)?;
-    let esp = w.join("esp.img");
-    let vol_id = &derived_uuid(&digest, "esp-fat").replace('-', "")[..8];
-    let mut c = Command::new("mkfs.fat");
-    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
-        .args(["-C", "-n", "ESP", "-i", vol_id, "--invariant"])
-        .arg(&esp)
-        .arg((ESP_SECTORS * SECTOR / 1024).to_string());
-    tool(c)?;
-    let set_time = |p: &Path| -> Result<()> {
-        let f = std::fs::File::options().write(true).open(p)?;
-        f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(epoch))?;
-        Ok(())
+    let boot = Boot {
+        kernel: &kernel,
+        initrd: &initrd,
+        osrel: &osrel,
+        extra_cmdline: &extra,
+        epoch,
     };
-    set_time(&uki)?;
-    let mut c = Command::new("mmd");
-    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
-        .arg("-i")
-        .arg(&esp)
-        .args(["::/EFI", "::/EFI/BOOT"]);
-    tool(c)?;
-    let mut c = Command::new("mcopy");
-    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
-        .arg("-m")
-        .arg("-i")
-        .arg(&esp)
-        .arg(&uki)
-        .arg("::/EFI/BOOT/BOOTX64.EFI");
-    tool(c)?;
-    write_at(&raw, &esp, ESP_START)?;
-
-    // 5. BIOS: GRUB.
-    install_grub_bios(&raw, w, &cmdline)?;
+    let task = progress.task(
+        format!("{name}: root file system, partitions, boot loaders"),
+        None,
+    );
+    let (raw, total) = assemble(w, "disk", &rootfs, root_size, &ident, &boot)?;
+    std::fs::remove_file(&rootfs)?;
+    task.finish(crate::build::human(root_size));
 
     // 6. qcow2.
     let task = progress.task(format!("{name}: qcow2"), None);
@@ -552,6 +661,52 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
     std::fs::rename(&tmp_qcow, &dest)?;
     let qcow2_bytes = std::fs::metadata(&dest)?.len();
     task.finish(crate::build::human(qcow2_bytes));
+    let overlay = if opts.overlay {
+        // The shared base disk (once per recipe and shared layers), then this version as a
+        // small overlay on it. Backing files are named relative to disks/.
+        let base_name = format!(
+            "{}_base-{}.qcow2",
+            crate::oci::split_name(&name).0,
+            &ident[..12]
+        );
+        let base_path = disks.join(&base_name);
+        if !base_path.exists() {
+            let task = progress.task(format!("{name}: shared base disk {base_name}"), None);
+            let (base_raw, _) = assemble(w, "base", &base_rootfs, root_size, &ident, &boot)?;
+            let tmp = w.join("base.qcow2");
+            let mut c = Command::new("qemu-img");
+            c.args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+                .arg(&base_raw)
+                .arg(&tmp);
+            tool(c)?;
+            std::fs::rename(&tmp, &base_path)?;
+            std::fs::remove_file(&base_raw)?;
+            task.finish(crate::build::human(std::fs::metadata(&base_path)?.len()));
+        }
+        // An empty overlay on the flattened disk, rebased onto the base disk: qemu-img compares
+        // the two cluster by cluster and keeps only what differs. Beside the base disk, so the
+        // relative backing name resolves; renamed when complete.
+        let tmp_name = format!("{}overlay-{stem}.qcow2", crate::store::TMP_PREFIX);
+        let tmp = disks.join(&tmp_name);
+        let flat_name = format!("{stem}.qcow2");
+        let mut c = Command::new("qemu-img");
+        c.current_dir(&disks).args([
+            "create", "-q", "-f", "qcow2", "-b", &flat_name, "-F", "qcow2", &tmp_name,
+        ]);
+        let mut r = Command::new("qemu-img");
+        r.current_dir(&disks)
+            .args(["rebase", "-q", "-b", &base_name, "-F", "qcow2", &tmp_name]);
+        if let Err(e) = tool(c).and_then(|_| tool(r)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let ov = disks.join(format!("{stem}.overlay.qcow2"));
+        std::fs::rename(&tmp, &ov)?;
+        Some((ov, base_path))
+    } else {
+        None
+    };
+    std::fs::remove_file(&base_rootfs)?;
     let virtual_size = total * SECTOR;
     let mut report = DiskReport {
         image: name.clone(),
@@ -562,6 +717,12 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         min_disk_gib: virtual_size.div_ceil(1 << 30),
         root_used_bytes: used,
         boot_tests: vec![],
+        overlay: overlay.as_ref().map(|o| o.0.clone()),
+        overlay_bytes: match &overlay {
+            Some((o, _)) => Some(std::fs::metadata(o)?.len()),
+            None => None,
+        },
+        base_disk: overlay.map(|o| o.1),
     };
     if opts.boot_test {
         for fw in &opts.firmware {

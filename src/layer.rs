@@ -295,6 +295,19 @@ pub fn write_tar(entries: &[Entry], epoch: u64, out: &mut dyn Write) -> Result<T
     Ok(stats)
 }
 
+/// Writes several parts one after the other as ONE tar stream (each part in its own order).
+pub fn write_tar_parts(parts: &[&[Entry]], epoch: u64, out: &mut dyn Write) -> Result<TarStats> {
+    let mut stats = TarStats::default();
+    let mut b = tar::Builder::new(out);
+    for e in parts.iter().flat_map(|p| p.iter()) {
+        append_entry(&mut b, e, epoch).with_context(|| format!("writing {:?} to tar", e.path))?;
+        stats.entries += 1;
+        stats.file_bytes += e.size();
+    }
+    b.finish()?;
+    Ok(stats)
+}
+
 const USTAR_ID_MAX: u32 = 0o7777777;
 const USTAR_SIZE_MAX: u64 = 0o77777777777;
 

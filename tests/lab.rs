@@ -450,6 +450,7 @@ fn lab_disk_boots_on_bios_and_uefi_with_no_failed_units() {
         "--boot-test",
         "--flavor-disk",
         "2GiB",
+        "--overlay",
         "--json",
         "-o",
     ])
@@ -503,6 +504,34 @@ fn lab_disk_boots_on_bios_and_uefi_with_no_failed_units() {
     assert!(info.get("backing-filename").is_none());
     let vsize = info["virtual-size"].as_u64().unwrap();
     assert_eq!(r["min-disk-gib"].as_u64().unwrap(), vsize.div_ceil(1 << 30));
+    // The overlay on the shared base disk reads back the same as the flattened disk, and is small.
+    let overlay = r["overlay"].as_str().unwrap();
+    let cmp = Command::new("qemu-img")
+        .args(["compare", overlay, disk])
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    let ov_bytes = r["overlay-bytes"].as_u64().unwrap();
+    assert!(
+        ov_bytes < 16 << 20,
+        "the overlay holds only what the version adds: {ov_bytes} bytes"
+    );
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", overlay])
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let base = std::path::Path::new(r["base-disk"].as_str().unwrap())
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(info["backing-filename"], base.as_str());
     // The result is kept beside the disk, keyed by the image digest.
     let kept: serde_json::Value = serde_json::from_slice(
         &std::fs::read(lab.store.join("disks/hadoop-lab_3.3.6.boot-test.json")).unwrap(),

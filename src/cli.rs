@@ -150,6 +150,9 @@ environment, java, sshd, the configs; results are kept beside the disk."
         /// Glance refuses backing files, so publish uses the flattened disk).
         #[arg(long)]
         overlay: bool,
+        /// Budget on the disk's virtual size, overriding the recipe's [disk] budget.
+        #[arg(long, value_name = "SIZE")]
+        disk_budget: Option<String>,
     },
     /// List the images of the store.
     Ls,
@@ -357,7 +360,16 @@ pub fn run(cli: Cli) -> Result<()> {
             boot_timeout,
             flavor_disk,
             overlay,
+            disk_budget,
         } => {
+            let disk_budget = match disk_budget {
+                Some(s) => Some(
+                    s.parse::<crate::policy::Size>()
+                        .map_err(|e| crate::BadInput(format!("--disk-budget: {e}")))?
+                        .0,
+                ),
+                None => None,
+            };
             let flavor_disk = match flavor_disk {
                 Some(s) => Some(
                     s.parse::<crate::policy::Size>()
@@ -369,6 +381,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let rep = crate::disk::disk(&crate::disk::Options {
                 flavor_disk,
                 overlay: *overlay,
+                disk_budget,
                 output: cli.output.clone(),
                 image: image.clone(),
                 boot_test: *boot_test,

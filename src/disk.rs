@@ -67,6 +67,8 @@ pub struct Options {
     pub flavor_disk: Option<u64>,
     /// Also write a per-version overlay backed by the recipe's shared base disk.
     pub overlay: bool,
+    /// Overrides `[disk] budget` (the virtual size), for experiments.
+    pub disk_budget: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -356,6 +358,29 @@ fn install_grub_bios(disk: &Path, work: &Path, cmdline: &str) -> Result<()> {
     Ok(())
 }
 
+/// Counts what passes through (to know where the tail of the root tar starts).
+struct CountingWriter<W: Write> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> CountingWriter<W> {
+    fn bytes_written(&self) -> u64 {
+        self.n
+    }
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(b)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// What the boot loaders load.
 struct Boot<'a> {
     kernel: &'a [u8],
@@ -579,17 +604,25 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
     let osrel = file_bytes(&by_path, "etc/os-release", "os-release").unwrap_or_default();
     let rootfs = w.join("rootfs.tar");
     let base_rootfs = w.join("base-rootfs.tar");
+    // One pass: the head's size (the shared base disk's content) is where the tail starts.
     let (shared_used, used) = {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&rootfs)?);
-        let mut b = std::io::BufWriter::new(std::fs::File::create(&base_rootfs)?);
-        layer::write_tar(&head, epoch, &mut b)?;
-        b.flush()?;
-        layer::write_tar_parts(&[&head, &tail], epoch, &mut f)?;
+        let mut f = CountingWriter {
+            inner: std::io::BufWriter::new(std::fs::File::create(&rootfs)?),
+            n: 0,
+        };
+        let mut b = tar::Builder::new(&mut f);
+        let mut head_end = 0;
+        for (k, part) in [&head, &tail].into_iter().enumerate() {
+            layer::append_entries(&mut b, part, epoch)?;
+            if k == 0 {
+                b.get_mut().flush()?;
+                head_end = b.get_ref().bytes_written();
+            }
+        }
+        b.finish()?;
+        drop(b);
         f.flush()?;
-        (
-            std::fs::metadata(&base_rootfs)?.len(),
-            std::fs::metadata(&rootfs)?.len(),
-        )
+        (head_end + 1024, f.n)
     };
     drop(by_path);
     task.finish(format!(
@@ -598,9 +631,8 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         tail.len(),
         crate::build::human(used)
     ));
-    for t in &tars {
-        std::fs::remove_file(t)?;
-    }
+    // The layer tars stay until the end: the entries read from them by offset (the overlay's
+    // base disk is written from them too); the work directory goes with them.
 
     // 2.–5. Root file system, GPT, UEFI and BIOS boot.
     let mib = 1u64 << 20;
@@ -642,6 +674,37 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         format!("{name}: root file system, partitions, boot loaders"),
         None,
     );
+    let budget = opts
+        .disk_budget
+        .map(crate::policy::Size)
+        .or(disk_spec.as_ref().and_then(|d| d.budget));
+    if let Some(budget) = budget {
+        let virtual_size = (ROOT_START + root_size / SECTOR + 2048) * SECTOR;
+        if virtual_size > budget.0 {
+            let check = crate::policy::Check {
+                kind: "disk".into(),
+                subject: name.clone(),
+                value: virtual_size as f64,
+                limit: budget.0 as f64,
+                headroom: budget.0 as f64 - virtual_size as f64,
+                ok: false,
+                estimated: false,
+            };
+            let advice = vec![format!(
+                "the root file system holds {} ({} of it shared by the recipe's versions): right-size the base or the disk packages (`strata report` names the biggest files), or raise [disk] budget",
+                crate::build::human(used),
+                crate::build::human(shared_used)
+            )];
+            let v = crate::policy::Verdicts {
+                enforce: crate::policy::Enforce::Fail,
+                checks: vec![check],
+                images: vec![],
+                pairs: vec![],
+                advice,
+            };
+            return Err(crate::policy::BudgetExceeded(v).into());
+        }
+    }
     let (raw, total) = assemble(w, "disk", &rootfs, root_size, &ident, &boot)?;
     std::fs::remove_file(&rootfs)?;
     task.finish(crate::build::human(root_size));
@@ -672,7 +735,12 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         let base_path = disks.join(&base_name);
         if !base_path.exists() {
             let task = progress.task(format!("{name}: shared base disk {base_name}"), None);
+            let mut b = std::io::BufWriter::new(std::fs::File::create(&base_rootfs)?);
+            layer::write_tar(&head, epoch, &mut b)?;
+            b.flush()?;
+            drop(b);
             let (base_raw, _) = assemble(w, "base", &base_rootfs, root_size, &ident, &boot)?;
+            std::fs::remove_file(&base_rootfs)?;
             let tmp = w.join("base.qcow2");
             let mut c = Command::new("qemu-img");
             c.args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
@@ -706,7 +774,6 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
     } else {
         None
     };
-    std::fs::remove_file(&base_rootfs)?;
     let virtual_size = total * SECTOR;
     let mut report = DiskReport {
         image: name.clone(),

@@ -295,23 +295,23 @@ pub fn write_tar(entries: &[Entry], epoch: u64, out: &mut dyn Write) -> Result<T
     Ok(stats)
 }
 
-/// Writes several parts one after the other as ONE tar stream (each part in its own order).
-pub fn write_tar_parts(parts: &[&[Entry]], epoch: u64, out: &mut dyn Write) -> Result<TarStats> {
-    let mut stats = TarStats::default();
-    let mut b = tar::Builder::new(out);
-    for e in parts.iter().flat_map(|p| p.iter()) {
-        append_entry(&mut b, e, epoch).with_context(|| format!("writing {:?} to tar", e.path))?;
-        stats.entries += 1;
-        stats.file_bytes += e.size();
+/// Appends entries to a tar builder (the caller finishes it): for writing several parts as one
+/// stream.
+pub fn append_entries<W: Write>(
+    b: &mut tar::Builder<W>,
+    entries: &[Entry],
+    epoch: u64,
+) -> Result<()> {
+    for e in entries {
+        append_entry(b, e, epoch).with_context(|| format!("writing {:?} to tar", e.path))?;
     }
-    b.finish()?;
-    Ok(stats)
+    Ok(())
 }
 
 const USTAR_ID_MAX: u32 = 0o7777777;
 const USTAR_SIZE_MAX: u64 = 0o77777777777;
 
-fn append_entry(b: &mut tar::Builder<&mut dyn Write>, e: &Entry, epoch: u64) -> Result<()> {
+fn append_entry<W: Write>(b: &mut tar::Builder<W>, e: &Entry, epoch: u64) -> Result<()> {
     check_relative(&e.path)?;
     let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
     let mut h = tar::Header::new_ustar();

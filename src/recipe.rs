@@ -274,6 +274,9 @@ pub struct RawDisk {
     /// Extra kernel command-line arguments.
     #[serde(default)]
     pub cmdline: Vec<String>,
+    /// Budget on the disk's virtual size (what `min_disk` follows).
+    #[serde(default)]
+    pub budget: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,6 +398,8 @@ pub struct DiskSpec {
     pub packages: Vec<String>,
     pub size: Option<crate::policy::Size>,
     pub cmdline: Vec<String>,
+    #[serde(default)]
+    pub budget: Option<crate::policy::Size>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -1058,14 +1063,19 @@ pub fn validate(
                     "disk-only packages need an mmdebstrap base",
                 ));
             }
-            let size = match &d.size {
+            let budget = match &d.budget {
+                Some(b) => Some(size(b, "disk.budget")?),
+                None => None,
+            };
+            let disk_size = match &d.size {
                 Some(sz) => Some(size(sz, "disk.size")?),
                 None => None,
             };
             Some(DiskSpec {
                 packages: d.packages.clone(),
-                size,
+                size: disk_size,
                 cmdline: d.cmdline.clone(),
+                budget,
             })
         }
     };

@@ -539,3 +539,32 @@ fn lab_disk_boots_on_bios_and_uefi_with_no_failed_units() {
     .unwrap();
     assert_eq!(kept["manifest"], r["manifest"]);
 }
+
+#[test]
+fn lab_disk_over_its_budget_fails_and_leaves_no_disk() {
+    let Some(lab) = lab() else { return };
+    if !disk_tools() {
+        return;
+    }
+    let mut c = strata(&lab.cache);
+    c.args(["disk", "hadoop-lab:2.7.7", "--disk-budget", "500MiB", "-o"])
+        .arg(&lab.store);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("disk hadoop-lab:2.7.7:")
+            && stderr(&o).contains("over its budget 500.0 MiB"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !lab.store.join("disks/hadoop-lab_2.7.7.qcow2").exists(),
+        "no partial disk"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(lab.store.join("disks"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-disk-"))
+        .collect();
+    assert!(leftovers.is_empty(), "no work directory left behind");
+}

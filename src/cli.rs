@@ -153,6 +153,9 @@ environment, java, sshd, the configs; results are kept beside the disk."
         /// Budget on the disk's virtual size, overriding the recipe's [disk] budget.
         #[arg(long, value_name = "SIZE")]
         disk_budget: Option<String>,
+        /// Compress the qcow2: zlib (any QEMU), or zstd (QEMU >= 5.1 on every compute host).
+        #[arg(long, value_name = "zlib|zstd")]
+        compress: Option<String>,
     },
     /// List the images of the store.
     Ls,
@@ -361,6 +364,7 @@ pub fn run(cli: Cli) -> Result<()> {
             flavor_disk,
             overlay,
             disk_budget,
+            compress,
         } => {
             let disk_budget = match disk_budget {
                 Some(s) => Some(
@@ -382,6 +386,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 flavor_disk,
                 overlay: *overlay,
                 disk_budget,
+                compress: compress.clone(),
                 output: cli.output.clone(),
                 image: image.clone(),
                 boot_test: *boot_test,

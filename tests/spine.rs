@@ -651,6 +651,19 @@ fn a_disk_needs_a_kernel_and_leaves_nothing_behind() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "nothing left in disks/: {left:?}");
+    // A size smaller than the content: refused before anything is written.
+    p.edit_recipe(|s| s.replace("cmdline = [\"quiet\"]", "size = \"1MiB\""));
+    build_ok(&p, &out);
+    let mut c = strata(&cache);
+    c.args(["disk", "tiny:3.3.6", "-o"]).arg(&out);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is smaller than the content"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_dir(out.join("disks")).unwrap().count(), 0);
     // An image that does not exist.
     let mut c = strata(&cache);
     c.args(["disk", "tiny:9.9.9", "-o"]).arg(&out);

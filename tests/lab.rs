@@ -564,3 +564,61 @@ fn lab_disk_over_its_budget_fails_and_leaves_no_disk() {
     // (Its work directory is removed too; not checked here: other tests make disks in this
     // store at the same time.)
 }
+
+#[test]
+fn lab_disk_on_a_full_file_system_fails_cleanly() {
+    let Some(lab) = lab() else { return };
+    if !disk_tools() {
+        return;
+    }
+    if !is_root() {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    }
+    // A copy of the store on a 600 MiB tmpfs: room for the store, not for a disk's work files.
+    let mnt = tempfile::tempdir().unwrap();
+    let m = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=600m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    assert!(m.success(), "mount tmpfs");
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.path());
+    let store = mnt.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    for f in ["oci-layout", "index.json", "blobs"] {
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(lab.store.join(f))
+            .arg(&store)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let mut c = strata(&lab.cache);
+    c.args(["disk", "hadoop-lab:3.2.4", "-o"]).arg(&store);
+    let o = run(c);
+    assert!(
+        !o.status.success(),
+        "a full file system must fail the disk build"
+    );
+    assert!(
+        stderr(&o).contains("No space left on device"),
+        "says why: {}",
+        stderr(&o)
+    );
+    let left: Vec<String> = std::fs::read_dir(store.join("disks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "no partial disk or work files left: {left:?}"
+    );
+}

@@ -29,6 +29,23 @@ pub fn package_of(tool: &str) -> &'static str {
     }
 }
 
+/// Fails, naming the Debian package, unless `tool` is installed.
+pub fn require(tool: &str) -> Result<()> {
+    if !tool.contains('/') && !have(tool) {
+        bail!(
+            "`{tool}` is not installed: install the Debian package {}",
+            package_of(tool)
+        );
+    }
+    Ok(())
+}
+
+/// Checks the program is installed; returns the command line for messages.
+fn prepare(cmd: &Command) -> Result<String> {
+    require(&cmd.get_program().to_string_lossy())?;
+    Ok(describe(cmd))
+}
+
 /// True if `tool` is on PATH.
 pub fn have(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| {
@@ -56,14 +73,7 @@ fn describe(cmd: &Command) -> String {
 /// Runs a command to completion. Each line it writes to stderr (where mmdebstrap and most tools
 /// report progress) goes to `on_line`; the last lines are kept for the error.
 pub fn run(mut cmd: Command, mut on_line: impl FnMut(&str)) -> Result<()> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    if !program.contains('/') && !have(&program) {
-        bail!(
-            "`{program}` is not installed: install the Debian package {}",
-            package_of(&program)
-        );
-    }
-    let line = describe(&cmd);
+    let line = prepare(&cmd)?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -101,14 +111,7 @@ pub fn run(mut cmd: Command, mut on_line: impl FnMut(&str)) -> Result<()> {
 
 /// Runs a command and returns its stdout; errors like [`run`].
 pub fn output(mut cmd: Command) -> Result<Vec<u8>> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    if !program.contains('/') && !have(&program) {
-        bail!(
-            "`{program}` is not installed: install the Debian package {}",
-            package_of(&program)
-        );
-    }
-    let line = describe(&cmd);
+    let line = prepare(&cmd)?;
     let out = cmd
         .stdin(Stdio::null())
         .output()

@@ -504,12 +504,7 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         "objcopy",
         "qemu-img",
     ] {
-        if !crate::cmd::have(t) {
-            bail!(
-                "`{t}` is not installed: install the Debian package {}",
-                crate::cmd::package_of(t)
-            );
-        }
+        crate::cmd::require(t)?;
     }
     let v = View::open(&opts.output)?;
     let (name, desc) = v.find(&opts.image)?;
@@ -870,12 +865,7 @@ pub fn boot_test(
     timeout: Duration,
     progress: &Progress,
 ) -> Result<BootResult> {
-    if !crate::cmd::have("qemu-system-x86_64") {
-        bail!(
-            "`qemu-system-x86_64` is not installed: install the Debian package {}",
-            crate::cmd::package_of("qemu-system-x86_64")
-        );
-    }
+    crate::cmd::require("qemu-system-x86_64")?;
     let task = progress.task(format!("boot test ({firmware}, TCG)"), None);
     let _ = std::fs::remove_file(log);
     let vars = tempfile::NamedTempFile::new()?;

@@ -1087,23 +1087,13 @@ pub fn build(opts: &Options) -> Result<BuildReport> {
         .unwrap_or_default()
         .into_iter()
         .filter(|d| {
-            let name = d
-                .annotations()
-                .as_ref()
-                .and_then(|a| a.get(ANNOTATION_IMAGE_NAME))
-                .cloned()
-                .unwrap_or_default();
+            let name = oci::entry_name(d);
             !replaced.contains(&name)
         })
         .collect();
     manifests.extend(new_entries);
     manifests.sort_by_key(|d| {
-        let name = d
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_IMAGE_NAME))
-            .cloned()
-            .unwrap_or_default();
+        let name = oci::entry_name(d);
         let (repo, tag) = oci::split_name(&name);
         (
             repo.to_string(),

@@ -17,9 +17,7 @@ use crate::BadInput;
 use crate::compress::Compression;
 use crate::layer::for_each_in_tar;
 use crate::oci::split_name;
-use crate::store::{
-    ANNOTATION_IMAGE_NAME, ImageRecord, LayerRecord, Store, StoreRecord, TMP_PREFIX, hash_reader,
-};
+use crate::store::{ImageRecord, LayerRecord, Store, StoreRecord, TMP_PREFIX, hash_reader};
 
 /// `verify` found problems.
 #[derive(Debug, thiserror::Error)]
@@ -46,17 +44,7 @@ impl View {
     }
 
     fn entry_name(d: &Descriptor) -> String {
-        d.annotations()
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_IMAGE_NAME))
-            .cloned()
-            .unwrap_or_else(|| {
-                d.annotations()
-                    .as_ref()
-                    .and_then(|a| a.get(oci_spec::image::ANNOTATION_REF_NAME))
-                    .cloned()
-                    .unwrap_or_else(|| d.digest().to_string())
-            })
+        crate::oci::entry_name(d)
     }
 
     /// Finds an image by full name, by tag when unambiguous, or by manifest digest.

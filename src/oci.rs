@@ -175,6 +175,17 @@ pub fn standard_annotations(
     a
 }
 
+/// The full name of an index entry: `io.strata.image.name`, else the ref name, else the digest.
+pub fn entry_name(d: &Descriptor) -> String {
+    let a = d.annotations().as_ref();
+    a.and_then(|a| {
+        a.get(ANNOTATION_IMAGE_NAME)
+            .or_else(|| a.get(ANNOTATION_REF_NAME))
+    })
+    .cloned()
+    .unwrap_or_else(|| d.digest().to_string())
+}
+
 /// Splits `name:tag`.
 pub fn split_name(full: &str) -> (&str, &str) {
     full.rsplit_once(':').unwrap_or((full, "latest"))

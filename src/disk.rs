@@ -54,6 +54,17 @@ const EFI_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 pub const CHECK_MARKER: &str = "STRATA-BOOT-CHECK";
+/// The tools a disk build runs (the boot test adds `qemu-system-x86_64`).
+pub const TOOLS: [&str; 8] = [
+    "mke2fs",
+    "sfdisk",
+    "mkfs.fat",
+    "mcopy",
+    "mmd",
+    "grub-mkimage",
+    "objcopy",
+    "qemu-img",
+];
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -494,16 +505,7 @@ fn write_at(disk: &Path, image: &Path, start_sector: u64) -> Result<()> {
 /// `strata disk IMAGE [--boot-test]`.
 pub fn disk(opts: &Options) -> Result<DiskReport> {
     let progress = Progress::new(opts.quiet);
-    for t in [
-        "mke2fs",
-        "sfdisk",
-        "mkfs.fat",
-        "mcopy",
-        "mmd",
-        "grub-mkimage",
-        "objcopy",
-        "qemu-img",
-    ] {
+    for t in TOOLS {
         crate::cmd::require(t)?;
     }
     let v = View::open(&opts.output)?;

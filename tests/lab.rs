@@ -60,6 +60,24 @@ fn in_root(root: &std::path::Path, args: &[&str]) -> Command {
     c
 }
 
+/// Unpacks an image of the lab store (as root, owners kept) for chroot checks; None (skipped)
+/// without umoci or root.
+fn unpack_as_root(lab: &Lab, tag: &str, dir: &std::path::Path) -> Option<PathBuf> {
+    if !require("umoci") {
+        return None;
+    }
+    if !is_root() {
+        eprintln!("SKIPPED: chroot needs root");
+        return None;
+    }
+    let mut u = Command::new("umoci");
+    u.args(["unpack", "--image"])
+        .arg(format!("{}:{tag}", lab.store.display()))
+        .arg(dir);
+    ok(u);
+    Some(dir.join("rootfs"))
+}
+
 fn is_root() -> bool {
     let out = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim() == "0"
@@ -237,22 +255,12 @@ fn lab_inspect_lists_the_base_packages_and_the_jdk() {
 #[test]
 fn lab_java_and_the_memory_derived_env_work_in_the_image() {
     let Some(lab) = lab() else { return };
-    if !require("umoci") {
-        return;
-    }
-    if !is_root() {
-        eprintln!("SKIPPED: chroot needs root");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     for v in ["2.7.7", "3.4.1"] {
         let dir = tmp.path().join(v);
-        let mut u = Command::new("umoci");
-        u.args(["unpack", "--image"])
-            .arg(format!("{}:{v}", lab.store.display()))
-            .arg(&dir);
-        ok(u);
-        let root = dir.join("rootfs");
+        let Some(root) = unpack_as_root(lab, v, &dir) else {
+            return;
+        };
         let o = ok(in_root(&root, &["/opt/java/bin/java", "-version"]));
         assert!(stderr(&o).contains("11."), "{v}: {}", stderr(&o));
         // hadoop-env.sh computes the heap from the memory present now.
@@ -351,21 +359,10 @@ fn lab_rebuilt_from_scratch_gives_the_same_digests() {
 #[test]
 fn lab_dist_script_mounts_installs_and_refuses_at_boot() {
     let Some(lab) = lab() else { return };
-    if !require("umoci") {
-        return;
-    }
-    if !is_root() {
-        eprintln!("SKIPPED: chroot needs root");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("node");
-    let mut u = Command::new("umoci");
-    u.args(["unpack", "--image"])
-        .arg(format!("{}:3.3.6", lab.store.display()))
-        .arg(&dir);
-    ok(u);
-    let root = dir.join("rootfs");
+    let Some(root) = unpack_as_root(lab, "3.3.6", &tmp.path().join("node")) else {
+        return;
+    };
     let script = "/usr/local/lib/strata/bin/strata-hadoop-dist";
     // As built (mount mode), with no volume attached: boots cleanly and says why.
     let o = ok(in_root(&root, &[script]));
@@ -422,18 +419,10 @@ fn lab_dist_script_mounts_installs_and_refuses_at_boot() {
 }
 
 fn disk_tools() -> bool {
-    [
-        "mke2fs",
-        "sfdisk",
-        "mkfs.fat",
-        "mcopy",
-        "grub-mkimage",
-        "objcopy",
-        "qemu-img",
-        "qemu-system-x86_64",
-    ]
-    .iter()
-    .all(|t| require(t))
+    strata::disk::TOOLS
+        .iter()
+        .chain(&["qemu-system-x86_64"])
+        .all(|t| require(t))
 }
 
 #[test]

@@ -624,18 +624,7 @@ fn a_disk_needs_a_kernel_and_leaves_nothing_behind() {
         "{}",
         stderr(&o)
     );
-    if ![
-        "mke2fs",
-        "sfdisk",
-        "mkfs.fat",
-        "mcopy",
-        "grub-mkimage",
-        "objcopy",
-        "qemu-img",
-    ]
-    .iter()
-    .all(|t| require(t))
-    {
+    if !strata::disk::TOOLS.iter().all(|t| require(t)) {
         return;
     }
     // A [disk] without a kernel in the base: refused, no partial disk left behind.

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(strata::exit_code(&err))
+            ExitCode::from(strata::cli::exit::code(&err))
         }
     }
 }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use strata::hadoop::Facts;
 use strata::layer::Kind;
+use strata::recipe::hadoop::Facts;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -13,12 +13,12 @@ fn repo() -> &'static Path {
 
 /// path → content of the hadoop-conf layer of `version`, rendered with the lab recipe.
 fn rendered(version: &str) -> (Facts, BTreeMap<String, String>, BTreeMap<String, String>) {
-    let (recipe, catalogue) = strata::recipe::load(&repo().join("recipes/lab.toml")).unwrap();
-    let facts = catalogue.get(version).unwrap().clone();
+    let recipe = strata::recipe::load(&repo().join("recipes/lab.toml")).unwrap();
+    let facts = recipe.catalogue.get(version).unwrap().clone();
     let spec = recipe.layers.iter().find(|l| l.per_version).unwrap();
     let recipe_value = serde_json::json!({"name": recipe.name, "epoch": recipe.epoch, "description": recipe.description});
-    let cx = strata::build::version_context(&recipe, &recipe_value, &facts);
-    let entries = strata::render::render_dir(&spec.dir, &cx).unwrap();
+    let cx = strata::build::plan::version_context(&recipe, &recipe_value, &facts);
+    let entries = strata::source::render::render_dir(&spec.dir, &cx).unwrap();
     let mut files = BTreeMap::new();
     let mut links = BTreeMap::new();
     for e in entries {
@@ -263,7 +263,7 @@ fn v3_4_1() {
 
 #[test]
 fn the_catalogue_has_the_eight_releases_with_known_port_changes() {
-    let cat = strata::hadoop::Catalogue::load_dir(&repo().join("hadoop-versions")).unwrap();
+    let cat = strata::recipe::hadoop::Catalogue::load_dir(&repo().join("hadoop-versions")).unwrap();
     assert_eq!(
         cat.versions(),
         [

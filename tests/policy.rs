@@ -260,7 +260,7 @@ fn bad_budgets_are_refused_naming_the_key() {
             "no layer \"nope\" in this recipe",
         ),
         (vec!["--layer-budget", "user-env"], "expected NAME=SIZE"),
-        (vec!["--min-shared", "2"], "--min-shared: 2 is outside 0–1"),
+        (vec!["--min-shared", "2"], "2 is outside 0–1"),
         (vec!["--image-budget", "lots"], "--image-budget"),
     ] {
         let mut c = p.build(&p.root().join("out"));

@@ -21,13 +21,13 @@ pub fn fixture_key() -> PathBuf {
 
 /// True if `tool` is installed. Without it a test skips, saying why; with CI=true it fails.
 pub fn require(tool: &str) -> bool {
-    if strata::cmd::have(tool) {
+    if strata::support::cmd::have(tool) {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!(
             "{tool} is missing (install {}): with CI=true this fails instead of skipping",
-            strata::cmd::package_of(tool)
+            strata::support::cmd::package_of(tool)
         );
     }
     eprintln!("SKIPPED: {tool} is not installed (run scripts/install-deps)");
@@ -197,7 +197,7 @@ pub fn write_gz(path: &Path, data: &[u8]) {
 }
 
 pub fn sha512_hex(path: &Path) -> String {
-    strata::fetch::sha512_file(path).unwrap()
+    strata::support::hash::sha512_file(path).unwrap()
 }
 
 /// A tiny JDK tarball: jdk-11/bin/java that prints a version.

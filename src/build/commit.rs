@@ -1,0 +1,282 @@
+//! # Commit: the only step that touches the store
+//!
+//! Under the store's lock: layer blobs are linked in from the cache, configs and manifests
+//! written, the store record merged with what the store already holds (other recipes' images,
+//! and with `--only` the recipe's other versions) and `index.json` replaced last. Any error
+//! before this point leaves the store exactly as it was.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use oci_spec::image::{ANNOTATION_REVISION, Descriptor, ImageIndexBuilder, MediaType};
+
+use crate::oci::image::{self as oci, ImageSpec};
+use crate::oci::record::{ImageRecord, LayerFacts, LayerRecord, StoreRecord};
+use crate::oci::store::{ANNOTATION_RECORD, BlobInfo, INDEX_JSON, Store};
+use crate::recipe::hadoop::version_key;
+use crate::source::base;
+use crate::support::cmd;
+use crate::support::hash::canonical_json;
+use crate::support::progress::Progress;
+
+use super::ImageSummary;
+use super::plan::{Plan, PlannedImage};
+
+/// What the commit wrote.
+pub(crate) struct Committed {
+    pub images: Vec<ImageSummary>,
+    pub index_changed: bool,
+}
+
+/// Writes the plan's images into the store at `output`; `built` holds every needed layer's
+/// facts and blob.
+pub(crate) fn commit(
+    plan: &Plan,
+    built: &HashMap<usize, (LayerFacts, PathBuf)>,
+    output: &Path,
+    progress: &Progress,
+) -> Result<Committed> {
+    let store = Store::ensure(output)?;
+    let _lock = store.lock(|| {
+        progress.say(format!(
+            "waiting for another strata process to finish with {}",
+            output.display()
+        ))
+    })?;
+    store.clean_temp()?;
+    store.ensure_layout()?;
+    let old_index = if output.join(INDEX_JSON).exists() {
+        Some(store.read_index()?)
+    } else {
+        None
+    };
+    let old_record = match &old_index {
+        Some(i) => store.read_record(i).unwrap_or_default(),
+        None => StoreRecord::default(),
+    };
+    for (rec, blob) in built.values() {
+        let info = BlobInfo {
+            digest: rec.digest.clone(),
+            size: rec.size,
+        };
+        store.import_blob(blob, &info)?;
+    }
+    let layer_record = |idx: usize| -> LayerRecord {
+        let pl = &plan.layers[idx];
+        LayerRecord {
+            name: pl.name.clone(),
+            family: pl.family.clone(),
+            shared_by: vec![],
+            facts: built[&idx].0.clone(),
+        }
+    };
+    let mut entries = Vec::new();
+    let mut images = Vec::new();
+    let mut summaries = Vec::new();
+    for img in &plan.images {
+        let layers: Vec<LayerRecord> = img.layers.iter().map(|&i| layer_record(i)).collect();
+        let carries_key = layers.iter().any(|l| l.private_key);
+        let written = oci::write_image(&store, &image_spec(plan, img, &layers, carries_key))?;
+        summaries.push(ImageSummary {
+            name: img.name.clone(),
+            manifest: written.manifest.digest.to_string(),
+            size: layers.iter().map(|l| l.size).sum(),
+            layers: layers.iter().map(|l| l.name.clone()).collect(),
+            carries_private_key: carries_key,
+        });
+        let disk_layers = img
+            .version
+            .as_ref()
+            .and_then(|v| plan.disk_layers.get(v))
+            .map(|ls| ls.iter().map(|&i| built[&i].0.digest.clone()).collect())
+            .unwrap_or_default();
+        images.push(ImageRecord {
+            name: img.name.clone(),
+            tag: img.tag.clone(),
+            hadoop_version: img.version.clone(),
+            manifest: written.manifest.digest.clone(),
+            config: written.config.digest.clone(),
+            jdk: img
+                .version
+                .as_ref()
+                .and_then(|v| plan.recipe.jdk_for(v).map(|j| j.name.clone())),
+            layers: layers.iter().map(|l| l.digest.clone()).collect(),
+            carries_private_key: carries_key,
+            disk_layers,
+        });
+        entries.push(written.index_entry);
+    }
+    let new_layers = plan.needed().into_iter().map(layer_record).collect();
+    let record = merge_record(plan, old_record, images, new_layers);
+    let manifests = merge_index(old_index.as_ref(), entries);
+    let record_blob = store.put_blob(&canonical_json(&record)?)?;
+    let mut annotations = HashMap::from([(
+        ANNOTATION_RECORD.to_string(),
+        record_blob.digest.to_string(),
+    )]);
+    if let Some(rev) = git_revision(&plan.recipe.root) {
+        annotations.insert(ANNOTATION_REVISION.to_string(), rev);
+    }
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .annotations(annotations)
+        .build()?;
+    let index_changed = store.write_index(&index)?;
+    Ok(Committed {
+        images: summaries,
+        index_changed,
+    })
+}
+
+/// The new record: the old one's other images and recipes, this build's images and layers, and
+/// which images share each layer.
+fn merge_record(
+    plan: &Plan,
+    old: StoreRecord,
+    images: Vec<ImageRecord>,
+    new_layers: Vec<LayerRecord>,
+) -> StoreRecord {
+    let replaced: BTreeSet<&str> = images.iter().map(|i| i.name.as_str()).collect();
+    let mut record = StoreRecord {
+        recipes: old.recipes,
+        images: old
+            .images
+            .into_iter()
+            .filter(|i| !replaced.contains(i.name.as_str()))
+            .collect(),
+        ..StoreRecord::default()
+    };
+    record
+        .recipes
+        .insert(plan.recipe.name.clone(), plan.recipe.settings());
+    record.images.extend(images);
+    record
+        .images
+        .sort_by_key(|i| (i.recipe().to_string(), version_key(&i.tag), i.tag.clone()));
+    let mut all_layers: BTreeMap<String, LayerRecord> = old.layers;
+    for r in new_layers {
+        all_layers.insert(r.digest.to_string(), r);
+    }
+    let referenced: BTreeSet<String> = record
+        .images
+        .iter()
+        .flat_map(|i| i.layers.iter().chain(&i.disk_layers))
+        .map(|d| d.to_string())
+        .collect();
+    for (d, mut r) in all_layers {
+        if referenced.contains(&d) {
+            r.shared_by = record
+                .images
+                .iter()
+                .filter(|i| i.hadoop_version.is_some() && i.layers.contains(&r.digest))
+                .map(|i| i.name.clone())
+                .collect();
+            record.layers.insert(d, r);
+        }
+    }
+    record
+}
+
+/// The index entries: the old index's images this build does not replace, and the new ones,
+/// ordered by recipe and version.
+fn merge_index(old: Option<&oci_spec::image::ImageIndex>, new: Vec<Descriptor>) -> Vec<Descriptor> {
+    let replaced: BTreeSet<String> = new.iter().map(oci::entry_name).collect();
+    let mut manifests: Vec<Descriptor> = old
+        .map(|i| i.manifests().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| !replaced.contains(&oci::entry_name(d)))
+        .collect();
+    manifests.extend(new);
+    manifests.sort_by_key(|d| {
+        let name = oci::entry_name(d);
+        let (repo, tag) = oci::split_name(&name);
+        (repo.to_string(), version_key(tag), tag.to_string())
+    });
+    manifests
+}
+
+/// An image's config and manifest inputs.
+fn image_spec(
+    plan: &Plan,
+    img: &PlannedImage,
+    layers: &[LayerRecord],
+    carries_key: bool,
+) -> ImageSpec {
+    let recipe = plan.recipe;
+    let mut env: BTreeMap<String, String> = BTreeMap::from([
+        ("PATH".into(), "/opt/hadoop/bin:/opt/hadoop/sbin:/opt/java/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ("JAVA_HOME".into(), format!("/{}", base::JAVA_LINK)),
+        ("HADOOP_HOME".into(), "/opt/hadoop".into()),
+        ("HADOOP_CONF_DIR".into(), "/etc/hadoop".into()),
+    ]);
+    let mut labels = HashMap::new();
+    if let Some(v) = &img.version {
+        env.insert("HADOOP_VERSION".into(), v.clone());
+        labels.insert(oci::LABEL_HADOOP_VERSION.to_string(), v.clone());
+        if let Some(jdk) = recipe.jdk_for(v) {
+            labels.insert(
+                oci::LABEL_JDK.to_string(),
+                format!("{} (Java {})", jdk.name, jdk.java_version),
+            );
+        }
+        if let Some(why) = recipe
+            .line_choice(v)
+            .and_then(|c| c.accept_unsupported.as_ref())
+        {
+            labels.insert(oci::LABEL_JDK_UNSUPPORTED.to_string(), why.clone());
+        }
+    }
+    for (k, v) in &recipe.image.env {
+        env.insert(k.clone(), v.clone());
+    }
+    if carries_key {
+        labels.insert(oci::LABEL_PRIVATE_KEY.to_string(), "true".into());
+        if let Some(k) = &plan.cluster_key {
+            labels.insert(
+                oci::LABEL_KEY_FINGERPRINT.to_string(),
+                k.fingerprint.clone(),
+            );
+        }
+    }
+    ImageSpec {
+        name: img.name.clone(),
+        tag: img.tag.clone(),
+        layers: layers.to_vec(),
+        env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        cmd: recipe.image.cmd.clone(),
+        entrypoint: recipe.image.entrypoint.clone(),
+        working_dir: recipe.image.working_dir.clone(),
+        user: recipe.image.user.clone(),
+        labels,
+        annotations: oci::standard_annotations(
+            img.version.as_deref(),
+            recipe.source_url.as_deref(),
+            recipe.description.as_deref(),
+        ),
+        epoch: recipe.epoch,
+    }
+}
+
+/// The checkout's revision (`-dirty` with local changes), if the recipe is in a git work tree
+/// and git is installed.
+fn git_revision(root: &Path) -> Option<String> {
+    if !cmd::have("git") {
+        return None;
+    }
+    let mut c = std::process::Command::new("git");
+    c.arg("-C").arg(root).args(["rev-parse", "HEAD"]);
+    let out = cmd::output(c).ok()?;
+    let mut rev = String::from_utf8_lossy(&out).trim().to_string();
+    let mut c = std::process::Command::new("git");
+    c.arg("-C")
+        .arg(root)
+        .args(["status", "--porcelain", "--untracked-files=no"]);
+    if !cmd::output(c).ok()?.is_empty() {
+        rev.push_str("-dirty");
+    }
+    Some(rev)
+}

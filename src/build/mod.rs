@@ -1,0 +1,310 @@
+//! # Build: recipe → plan → layers → images → one atomic index update
+//!
+//! 1. **Prepare** ([`plan::Inputs::prepare`]): the base root filesystem (cached by its inputs)
+//!    and the cluster key exist. `strata plan` skips this and reads what is there
+//!    ([`plan::Inputs::look`]): a plan writes nothing anywhere.
+//! 2. **Plan** ([`plan::make_plan`], pure): every layer once, with its key; each image's list.
+//! 3. **Budgets** ([`budget::check`]): the same check for `plan` and `build`.
+//! 4. **Produce** ([`produce`]): each layer not in the cache, in one streaming pass.
+//! 5. **Commit** ([`commit`]): only now is the store touched, under its lock; `index.json` last.
+//!    Any error before this point (a bad recipe, template, download or tarball, a broken budget)
+//!    leaves the store exactly as it was.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::oci::record::LayerFacts;
+use crate::policy::{BudgetExceeded, Enforce, Overrides, Verdicts};
+use crate::recipe::{EpochSource, Recipe};
+use crate::support::progress::Progress;
+
+pub mod budget;
+mod commit;
+pub mod plan;
+mod produce;
+
+use budget::Known;
+use plan::{Inputs, Producer, make_plan};
+
+/// Options of `strata build` and `strata plan` (the recipe is loaded by the caller).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub output: PathBuf,
+    /// The cache directory (default [`Cache::default_dir`]).
+    pub cache: Option<PathBuf>,
+    pub no_cache: bool,
+    pub refresh_base: bool,
+    pub only: Vec<String>,
+    pub quiet: bool,
+    /// `--image-budget`, `--layer-budget`, `--min-shared`.
+    pub overrides: Overrides,
+}
+
+/// What `build` did, for people and for `--json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BuildReport {
+    pub recipe: String,
+    pub output: PathBuf,
+    pub images: Vec<ImageSummary>,
+    pub layers_total: usize,
+    pub layers_built: usize,
+    pub layers_cached: usize,
+    pub index_changed: bool,
+    pub seconds: f64,
+    /// The timestamp of every layer, config and the base, and where it came from.
+    pub epoch: u64,
+    pub epoch_source: EpochSource,
+    /// Budgets and sharing (absent when the recipe sets no policy).
+    pub policy: Option<Verdicts>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ImageSummary {
+    pub name: String,
+    pub manifest: String,
+    pub size: u64,
+    pub layers: Vec<String>,
+    pub carries_private_key: bool,
+}
+
+fn open_cache(opts: &Options) -> Result<Cache> {
+    if opts.no_cache {
+        let near = opts
+            .output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        return Cache::temporary(near);
+    }
+    Cache::open(&opts.cache.clone().unwrap_or_else(Cache::default_dir))
+}
+
+/// `strata build`: every image of the recipe (or of `--only`) into the store.
+pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
+    let start = Instant::now();
+    let progress = Progress::new(opts.quiet);
+    progress.say(format!(
+        "epoch {} ({}, {})",
+        recipe.epoch,
+        crate::oci::image::rfc3339(recipe.epoch),
+        recipe.epoch_source
+    ));
+    plan::selected(recipe, &opts.only)?;
+    let cache = open_cache(opts)?;
+    let inputs = Inputs::prepare(recipe, &cache, opts.refresh_base, &progress)?;
+    let plan = make_plan(recipe, inputs, &opts.only)?;
+
+    // Every layer the selected images need, built or found, before the store is touched.
+    let needed = plan.needed();
+    let mut layers_built = 0;
+    let mut built: HashMap<usize, (LayerFacts, PathBuf)> = HashMap::new();
+    for &idx in &needed {
+        let (rec, blob, was_built) = produce::ensure_layer(&plan, idx, &cache, &progress)?;
+        layers_built += usize::from(was_built);
+        built.insert(idx, (rec, blob));
+    }
+
+    // Budgets: checked before anything is published.
+    let verdicts = budget::check(
+        &plan,
+        &opts.overrides,
+        |i| {
+            let rec = &built[&i].0;
+            Known {
+                id: rec.digest.to_string(),
+                bytes: Some(rec.uncompressed_size),
+                stored: Some(rec.size),
+                estimated: false,
+            }
+        },
+        |i| {
+            built
+                .get(&i)
+                .map(|(c, p)| (p.clone(), c.media_type.clone()))
+        },
+    )?;
+    if !verdicts.broken().is_empty() {
+        if verdicts.enforce == Enforce::Fail {
+            return Err(BudgetExceeded(verdicts).into());
+        }
+        for line in crate::policy::describe(&verdicts).lines() {
+            progress.say(format!("warning: {line}"));
+        }
+    }
+
+    let committed = commit::commit(&plan, &built, &opts.output, &progress)?;
+    let report = BuildReport {
+        recipe: recipe.name.clone(),
+        output: opts.output.clone(),
+        images: committed.images,
+        layers_total: needed.len(),
+        layers_built,
+        layers_cached: needed.len() - layers_built,
+        index_changed: committed.index_changed,
+        seconds: start.elapsed().as_secs_f64(),
+        epoch: recipe.epoch,
+        epoch_source: recipe.epoch_source,
+        // Absent when the recipe sets no budget.
+        policy: (!verdicts.checks.is_empty()).then_some(verdicts),
+    };
+    progress.say(format!(
+        "{} images in {}: {} layers ({} built, {} from cache)",
+        report.images.len(),
+        opts.output.display(),
+        report.layers_total,
+        report.layers_built,
+        report.layers_cached
+    ));
+    Ok(report)
+}
+
+/// What `strata plan` prints.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PlanReport {
+    pub recipe: String,
+    pub base_ready: bool,
+    pub epoch: u64,
+    pub epoch_source: EpochSource,
+    pub layers: Vec<PlanLayer>,
+    pub images: Vec<PlanImage>,
+    /// Budget verdicts, sharing per image and per pair (estimated where nothing is built yet;
+    /// unknown where a layer is not built and cannot be estimated).
+    pub policy: Verdicts,
+}
+
+impl PlanReport {
+    /// The error that sets the exit code when a budget is broken and the recipe enforces it.
+    pub fn budget_error(&self) -> Option<BudgetExceeded> {
+        let v = &self.policy;
+        (!v.broken().is_empty() && v.enforce == Enforce::Fail).then(|| BudgetExceeded(v.clone()))
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PlanLayer {
+    pub name: String,
+    pub key: String,
+    /// The key depends on something not built yet; the first build settles it.
+    pub provisional: bool,
+    pub cached: bool,
+    /// Why this layer cannot be made before `build` prepares its inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+    pub digest: Option<String>,
+    pub size: Option<u64>,
+    pub uncompressed_size: Option<u64>,
+    pub used_by: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PlanImage {
+    pub name: String,
+    pub layers: Vec<String>,
+}
+
+/// `strata plan`: what would be built and what is cached, without building or writing anything.
+pub fn plan(recipe: &Recipe, opts: &Options) -> Result<PlanReport> {
+    let cache = if opts.no_cache {
+        Cache::nothing()
+    } else {
+        Cache::read_only(&opts.cache.clone().unwrap_or_else(Cache::default_dir))
+    };
+    let inputs = Inputs::look(recipe, &cache)?;
+    let base_ready = !matches!(inputs.base, plan::BaseState::Unbuilt { .. });
+    let plan = make_plan(recipe, inputs, &opts.only)?;
+    let cached = |i: usize| -> Option<LayerFacts> {
+        let l = &plan.layers[i];
+        match &l.producer {
+            Producer::Imported(r, _) => Some(r.clone()),
+            _ if l.provisional => None,
+            _ => cache.read_json::<LayerFacts>(&cache.layer_record_path(&l.key)),
+        }
+    };
+    let mut used: HashMap<usize, Vec<String>> = HashMap::new();
+    for img in &plan.images {
+        for &l in &img.layers {
+            used.entry(l).or_default().push(img.name.clone());
+        }
+    }
+    let layers = plan
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let rec = cached(i);
+            PlanLayer {
+                name: l.name.clone(),
+                key: l.key.clone(),
+                provisional: l.provisional,
+                cached: rec.is_some(),
+                pending: match &l.producer {
+                    Producer::Pending(why, _) => Some(why.clone()),
+                    _ => None,
+                },
+                digest: rec.as_ref().map(|r| r.digest.to_string()),
+                size: rec.as_ref().map(|r| r.size),
+                uncompressed_size: rec.as_ref().map(|r| r.uncompressed_size),
+                used_by: used.remove(&i).unwrap_or_default(),
+            }
+        })
+        .collect();
+    // Verdicts from what is known: cached layers exactly, directory layers estimated from their
+    // rendered entries, the rest unknown until built.
+    let known = |i: usize| -> Known {
+        let l = &plan.layers[i];
+        if let Some(r) = cached(i) {
+            return Known {
+                id: r.digest.to_string(),
+                bytes: Some(r.uncompressed_size),
+                stored: Some(r.size),
+                estimated: false,
+            };
+        }
+        let bytes = match &l.producer {
+            Producer::Entries(e) | Producer::Pending(_, e) => Some(plan::estimate_tar_size(e)),
+            _ => None,
+        };
+        Known {
+            id: l.key.clone(),
+            bytes,
+            stored: None,
+            estimated: bytes.is_some(),
+        }
+    };
+    let blob_of = |i: usize| {
+        let rec = cached(i)?;
+        let blob = cache.blob_dir().join(rec.digest.digest());
+        blob.exists().then_some((blob, rec.media_type))
+    };
+    let policy = budget::check(&plan, &opts.overrides, known, blob_of)?;
+    Ok(PlanReport {
+        recipe: recipe.name.clone(),
+        base_ready,
+        epoch: recipe.epoch,
+        epoch_source: recipe.epoch_source,
+        layers,
+        images: plan
+            .images
+            .iter()
+            .map(|i| PlanImage {
+                name: i.name.clone(),
+                layers: i
+                    .layers
+                    .iter()
+                    .map(|&l| plan.layers[l].name.clone())
+                    .collect(),
+            })
+            .collect(),
+        policy,
+    })
+}

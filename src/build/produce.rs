@@ -1,0 +1,283 @@
+//! # Producing layers: entries → deterministic tar → compressor → blob, in one streaming pass
+//!
+//! A layer whose key has a record in the cache is not rebuilt. Others are written as tar →
+//! diff_id hash → compressor → blob hash → `cache/blobs`, and their facts recorded under the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cache::Cache;
+use crate::layer::compress::Compression;
+use crate::layer::{self, Entry};
+use crate::oci::record::LayerFacts;
+use crate::oci::store::{ANNOTATION_IMAGE_NAME, BlobWriter, Store};
+use crate::source::base::{self, BaseInfo};
+use crate::source::render;
+use crate::support::failpoint;
+use crate::support::hash::{CountingReader, Tee};
+use crate::support::progress::{Progress, Task};
+use crate::support::units::human;
+use oci_spec::image::ANNOTATION_REF_NAME;
+
+use super::plan::{Plan, Producer};
+
+/// Builds one layer (or finds it in the cache); returns its facts, its blob and whether it was
+/// built.
+pub(crate) fn ensure_layer(
+    plan: &Plan,
+    idx: usize,
+    cache: &Cache,
+    progress: &Progress,
+) -> Result<(LayerFacts, PathBuf, bool)> {
+    let pl = &plan.layers[idx];
+    if let Producer::Imported(rec, blob) = &pl.producer {
+        return Ok((rec.clone(), blob.clone(), false));
+    }
+    let rec_path = cache.layer_record_path(&pl.key);
+    if let Some(rec) = cache.read_json::<LayerFacts>(&rec_path) {
+        let blob = cache.blob_dir().join(rec.digest.digest());
+        if std::fs::metadata(&blob).is_ok_and(|m| m.len() == rec.size) {
+            return Ok((rec, blob, false));
+        }
+    }
+    let (entries, packages) = entries_of(plan, &pl.producer, cache, progress)?;
+    let entries = layer::normalize(entries)?;
+    let rec = write_layer(plan, &pl.name, &entries, packages, cache, progress)?;
+    cache.write_json(&rec_path, &rec)?;
+    let path = cache.blob_dir().join(rec.digest.digest());
+    Ok((rec, path, true))
+}
+
+/// The entries of a layer (and the Debian packages it installs).
+fn entries_of(
+    plan: &Plan,
+    producer: &Producer,
+    cache: &Cache,
+    progress: &Progress,
+) -> Result<(Vec<Entry>, Vec<(String, String)>)> {
+    let recipe = plan.recipe;
+    let epoch = recipe.epoch;
+    Ok(match producer {
+        Producer::Rootfs => {
+            let p = plan.base.as_ref().context("the base was not prepared")?;
+            (
+                base::read_rootfs(&p.rootfs, epoch)?,
+                p.info.packages.clone(),
+            )
+        }
+        Producer::Jdk(name) => {
+            let jdk = &recipe.jdks[name];
+            base::jdk_entries(
+                cache,
+                jdk,
+                &recipe.base,
+                plan.base.as_ref(),
+                epoch,
+                progress,
+            )?
+        }
+        Producer::Entries(e) => (e.clone(), vec![]),
+        Producer::Disk(jdk) => {
+            let p = plan.base.as_ref().context("the base was not prepared")?;
+            let disk = recipe.disk.as_ref().context("no [disk] in the recipe")?;
+            let jdk = jdk.as_ref().map(|j| &recipe.jdks[j]);
+            base::disk_entries(cache, &recipe.base, jdk, &disk.packages, p, epoch, progress)?
+        }
+        Producer::Dist {
+            version,
+            origin,
+            sha512,
+        } => {
+            let what = format!("Hadoop {version} release tarball");
+            let raw =
+                crate::source::fetch::tarball_entries(cache, origin, sha512, progress, &what)?;
+            (
+                base::reroot(raw, 1, &format!("opt/hadoop-{version}"))?,
+                vec![],
+            )
+        }
+        Producer::Imported(..) => unreachable!("reused as they are"),
+        Producer::Pending(why, _) => bail!("internal: a layer was left pending ({why})"),
+    })
+}
+
+/// Writes entries as a layer blob into the cache: tar → diff_id → compressor → blob digest.
+fn write_layer(
+    plan: &Plan,
+    name: &str,
+    entries: &[Entry],
+    packages: Vec<(String, String)>,
+    cache: &Cache,
+    progress: &Progress,
+) -> Result<LayerFacts> {
+    let recipe = plan.recipe;
+    let private_key = render::carries_private_key(entries);
+    let total: u64 = entries.iter().map(|e| e.size()).sum();
+    let task = progress.task(format!("layer {name}"), Some(total));
+    let mut blob = BlobWriter::new(&cache.blob_dir())?;
+    let (diff_id, uncompressed, stats) = {
+        let mut comp = recipe.compression.writer(&mut blob)?;
+        let mut tee = Tee::new(Counting {
+            inner: &mut *comp,
+            task: &task,
+        });
+        let stats = layer::write_tar(entries, recipe.epoch, &mut tee)?;
+        failpoint::hit("layer-write");
+        let (d, n) = (tee.digest(), tee.size);
+        comp.finish()?;
+        (d, n, stats)
+    };
+    let info = blob.commit()?;
+    task.finish(format!(
+        "{} entries, {} → {}",
+        stats.entries,
+        human(uncompressed),
+        human(info.size)
+    ));
+    Ok(LayerFacts {
+        digest: info.digest,
+        diff_id,
+        size: info.size,
+        uncompressed_size: uncompressed,
+        media_type: recipe.compression.media_type(),
+        entries: stats.entries,
+        file_bytes: stats.file_bytes,
+        packages,
+        private_key,
+    })
+}
+
+/// Counts bytes into a progress task.
+struct Counting<'a, W: std::io::Write + ?Sized> {
+    inner: &'a mut W,
+    task: &'a Task,
+}
+
+impl<W: std::io::Write + ?Sized> std::io::Write for Counting<'_, W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.task.inc(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads the layers of an OCI image layout used as a base.
+pub(crate) fn import_oci_base(path: &Path, reference: &str) -> Result<Vec<(LayerFacts, PathBuf)>> {
+    let store = Store::open(path).with_context(|| format!("OCI base {}", path.display()))?;
+    let index = store.read_index()?;
+    let entry = index
+        .manifests()
+        .iter()
+        .find(|m| {
+            m.annotations().as_ref().is_some_and(|a| {
+                a.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(reference)
+                    || a.get(ANNOTATION_IMAGE_NAME).map(String::as_str) == Some(reference)
+            })
+        })
+        .with_context(|| format!("OCI base {}: no image named {reference:?}", path.display()))?;
+    let manifest = store.read_manifest(entry.digest())?;
+    let config: oci_spec::image::ImageConfiguration =
+        serde_json::from_slice(&store.read_blob(manifest.config().digest())?)
+            .with_context(|| format!("OCI base {}: parsing its config", path.display()))?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        bail!(
+            "OCI base {}: config lists {} diff_ids for {} layers",
+            path.display(),
+            diff_ids.len(),
+            manifest.layers().len()
+        );
+    }
+    let mut out = Vec::new();
+    for (l, diff) in manifest.layers().iter().zip(diff_ids) {
+        let blob = store.blob_path(l.digest());
+        if !store.has_blob(l.digest(), l.size()) {
+            bail!(
+                "OCI base {}: layer blob {} is missing or has the wrong size",
+                path.display(),
+                l.digest()
+            );
+        }
+        out.push((
+            LayerFacts {
+                digest: l.digest().clone(),
+                diff_id: diff
+                    .parse()
+                    .with_context(|| format!("OCI base {}: diff_id {diff:?}", path.display()))?,
+                size: l.size(),
+                uncompressed_size: 0,
+                media_type: l.media_type().clone(),
+                entries: 0,
+                file_bytes: 0,
+                packages: vec![],
+                private_key: false,
+            },
+            blob,
+        ));
+    }
+    Ok(out)
+}
+
+/// The account files and packages of an OCI base (read from its layers once, then cached when
+/// the cache is writable).
+pub(crate) fn oci_base_info(
+    cache: &Cache,
+    ident: &str,
+    layers: &[(LayerFacts, PathBuf)],
+) -> Result<BaseInfo> {
+    let path = cache.base_dir(&format!("oci-{ident}")).join("info.json");
+    if let Some(info) = cache.read_json::<BaseInfo>(&path) {
+        return Ok(info);
+    }
+    let wanted = [
+        "etc/passwd",
+        "etc/group",
+        "etc/shadow",
+        "etc/gshadow",
+        "var/lib/dpkg/status",
+    ];
+    let mut found: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut java = Vec::new();
+    let mut sizes = BTreeMap::new();
+    for (rec, blob) in layers {
+        let f = crate::support::fsx::open(blob)?;
+        let r = Compression::reader_for(&rec.media_type, std::io::BufReader::new(f))?;
+        let mut counted = CountingReader { inner: r, n: 0 };
+        layer::for_each_in_tar(&mut counted, |p, h, data| {
+            if p == base::JAVA_LINK || (p.starts_with("usr/lib/jvm/") && p.ends_with("/bin/java")) {
+                java.push(Entry::symlink(p, "?"));
+            }
+            if wanted.contains(&p) && h.entry_type().is_file() {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(data, &mut buf)?;
+                let e = Entry::file(
+                    p,
+                    layer::Content::bytes(buf),
+                    h.mode()? & 0o7777,
+                    h.uid()? as u32,
+                    h.gid()? as u32,
+                );
+                found.insert(p.to_string(), e);
+            }
+            Ok(())
+        })
+        .with_context(|| format!("reading OCI base layer {}", rec.digest))?;
+        sizes.insert(rec.digest.to_string(), counted.n);
+    }
+    let entries: Vec<Entry> = found.into_values().collect();
+    let info = BaseInfo {
+        packages: base::dpkg_packages(&entries)?,
+        accounts: crate::source::accounts::BaseAccounts::from_entries(&entries)?,
+        java_homes: Some(base::java_homes(&java)),
+        layer_sizes: sizes,
+    };
+    if cache.writable() {
+        cache.write_json(&path, &info)?;
+    }
+    Ok(info)
+}

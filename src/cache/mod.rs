@@ -1,0 +1,164 @@
+//! # The build cache
+//!
+//! ```text
+//! $STRATA_CACHE/                  default: $XDG_CACHE_HOME/strata, ~/.cache/strata
+//! ├── base/<key>/rootfs.tar       a base root filesystem, keyed by its inputs (mmdebstrap args…)
+//! ├── base/<key>/info.json        its package list and account files
+//! ├── layers/<key>.json           a built layer: digest, diff_id, sizes (key = hash of inputs)
+//! ├── blobs/sha256/<hex>          the compressed layer blobs, hard-linked into stores
+//! ├── downloads/sha512/<hex>      downloads (release and JDK tarballs), verified
+//! └── tars/<sha512>.tar           the same, decompressed, read in place (never extracted)
+//! ```
+//! Deleting the cache costs time, never correctness: every entry is re-derived from its inputs.
+//! `--no-cache` builds into a fresh temporary cache. `strata plan` reads the cache through
+//! [`Cache::read_only`] (or [`Cache::nothing`] with `--no-cache`) and never writes to it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::support::fsx::atomic_write;
+use crate::support::hash::{hash_reader, key_of};
+
+pub const CACHE_ENV: &str = "STRATA_CACHE";
+
+#[derive(Debug)]
+pub struct Cache {
+    pub root: PathBuf,
+    access: Access,
+    /// Holds a `--no-cache` temporary cache alive.
+    _temp: Option<tempfile::TempDir>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    ReadWrite,
+    /// `strata plan`: reads what is there, writes nothing, creates nothing.
+    ReadOnly,
+    /// `strata plan --no-cache`: as if the cache were empty.
+    Nothing,
+}
+
+impl Cache {
+    pub fn default_dir() -> PathBuf {
+        if let Some(d) = std::env::var_os(CACHE_ENV) {
+            return PathBuf::from(d);
+        }
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from("/var/cache"))
+            .join("strata")
+    }
+
+    pub fn open(dir: &Path) -> Result<Cache> {
+        for sub in ["base", "layers", "blobs/sha256", "downloads/sha512", "tars"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating cache directory {}", dir.join(sub).display()))?;
+        }
+        Ok(Cache {
+            root: dir.to_path_buf(),
+            access: Access::ReadWrite,
+            _temp: None,
+        })
+    }
+
+    /// The cache at `dir` for reading only (it may not exist): nothing is created or written.
+    pub fn read_only(dir: &Path) -> Cache {
+        Cache {
+            root: dir.to_path_buf(),
+            access: Access::ReadOnly,
+            _temp: None,
+        }
+    }
+
+    /// A cache that holds nothing and takes nothing (`plan --no-cache`).
+    pub fn nothing() -> Cache {
+        Cache {
+            root: PathBuf::from("/nonexistent/strata-no-cache"),
+            access: Access::Nothing,
+            _temp: None,
+        }
+    }
+
+    /// False for [`Cache::read_only`] and [`Cache::nothing`].
+    pub fn writable(&self) -> bool {
+        self.access == Access::ReadWrite
+    }
+
+    /// A throw-away cache (for `--no-cache`), next to `near` so blobs can be hard-linked.
+    pub fn temporary(near: &Path) -> Result<Cache> {
+        std::fs::create_dir_all(near)?;
+        let t = tempfile::Builder::new()
+            .prefix(".strata-nocache-")
+            .tempdir_in(near)?;
+        let mut c = Cache::open(t.path())?;
+        c._temp = Some(t);
+        Ok(c)
+    }
+
+    pub fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
+    }
+
+    pub fn base_dir(&self, key: &str) -> PathBuf {
+        self.root.join("base").join(key)
+    }
+
+    pub fn layer_record_path(&self, key: &str) -> PathBuf {
+        self.root.join("layers").join(format!("{key}.json"))
+    }
+
+    pub fn read_json<T: DeserializeOwned>(&self, path: &Path) -> Option<T> {
+        if self.access == Access::Nothing {
+            return None;
+        }
+        let data = std::fs::read(path).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    pub fn write_json<T: Serialize>(&self, path: &Path, v: &T) -> Result<()> {
+        anyhow::ensure!(
+            self.writable(),
+            "internal: writing {path:?} into a read-only cache"
+        );
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).with_context(|| format!("creating {p:?}"))?;
+        }
+        atomic_write(path, &serde_json::to_vec_pretty(v)?)
+    }
+}
+
+impl Cache {
+    /// SHA-256 of a (large) input file, remembered by its path, size, mtime, inode and device so
+    /// an unchanged file is hashed once (like git's index). A read-only cache uses the memo but
+    /// does not write one.
+    pub fn file_sha256(&self, path: &Path) -> Result<String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        let stamp = key_of(&serde_json::json!([
+            path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino(),
+            m.dev()
+        ]));
+        let memo = self.root.join("filehash").join(&stamp);
+        if self.access != Access::Nothing
+            && let Ok(s) = std::fs::read_to_string(&memo)
+            && s.len() == 64
+        {
+            return Ok(s);
+        }
+        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let (d, _) = hash_reader(std::io::BufReader::with_capacity(1 << 20, f))?;
+        if self.writable() {
+            let dir = memo.parent().expect("filehash dir");
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir:?}"))?;
+            atomic_write(&memo, d.digest().as_bytes())?;
+        }
+        Ok(d.digest().to_string())
+    }
+}

@@ -1,0 +1,46 @@
+//! # Exit codes: one mapping from an error chain to the code the README documents
+
+use crate::policy::BudgetExceeded;
+use crate::support::error::{BadInput, ChecksumMismatch, Damaged, Located, exit};
+
+/// Picks the exit code for an error chain: the first typed cause decides.
+pub fn code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<Located>() || cause.is::<BadInput>() {
+            return exit::BAD_INPUT;
+        }
+        if cause.is::<ChecksumMismatch>() {
+            return exit::CHECKSUM;
+        }
+        if cause.is::<Damaged>() {
+            return exit::DAMAGED;
+        }
+        if cause.is::<BudgetExceeded>() {
+            return exit::BUDGET;
+        }
+    }
+    exit::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn the_first_typed_cause_decides() {
+        let e: anyhow::Error = BadInput("x".into()).into();
+        assert_eq!(code(&e.context("while building")), exit::BAD_INPUT);
+        let e: anyhow::Error = ChecksumMismatch {
+            what: "base tarball".into(),
+            algorithm: "sha256",
+            expected: "a".into(),
+            found: "b".into(),
+        }
+        .into();
+        assert_eq!(code(&e), exit::CHECKSUM);
+        assert_eq!(code(&Damaged(vec!["blob".into()]).into()), exit::DAMAGED);
+        let r: anyhow::Result<()> = Err(std::io::Error::other("disk full").into());
+        assert_eq!(code(&r.context("writing").unwrap_err()), exit::FAILURE);
+    }
+}

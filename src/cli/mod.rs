@@ -1,0 +1,450 @@
+//! # Command line
+//!
+//! The clap structs, ONE dispatch to the library ([`run`]), the text rendering of results
+//! ([`text`], apart from the dispatch) and the exit-code mapping ([`exit`]). Every command takes
+//! `-o/--output DIR` (the store, default `output/`) and `--json` (one document on stdout;
+//! progress stays on stderr). Values are parsed here, before any work: sizes, ratios, firmware
+//! and compression names are refused with exit code 2 by clap itself.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::build;
+use crate::disk::{Firmware, QcowCompression};
+use crate::policy::{BudgetExceeded, Overrides};
+use crate::recipe::Recipe;
+use crate::support::units::{Size, parse_ratio};
+use crate::{inspect, report};
+
+pub mod exit;
+pub mod text;
+
+const AFTER_HELP: &str = "\
+Quick start:
+  strata build                      build recipes/lab.toml: one image per Hadoop version
+  strata plan                       what a build would do, and the budgets, writing nothing
+  strata ls                         the images, with digests and sizes
+  strata inspect hadoop-lab:3.3.6   its layers, their sizes, which images share each
+  strata diff hadoop-lab:3.3.6 hadoop-lab:3.4.1
+  strata verify                     re-hash every blob, check every manifest
+  strata disk hadoop-lab:3.3.6 --boot-test
+
+Environment:
+  SOURCE_DATE_EPOCH  overrides the recipe's `epoch`: timestamps in layers, configs and the
+                     base. A per-commit value gives new digests on every commit.
+  STRATA_CACHE       the build cache (default ~/.cache/strata)
+  STRATA_SSH_KEY     the cluster's SSH private key (default: generated once under
+                     ~/.local/share/strata/cluster-keys/<recipe>/)
+  CI                 plain progress lines instead of bars
+
+Exit codes: 0 ok, 1 failure (a tool, the network, the disk), 2 bad input (recipe, arguments,
+template, tarball), 3 checksum mismatch, 4 damaged store (verify, report), 5 budget exceeded.";
+
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about = "Build reproducible, content-addressed OCI images for many Hadoop versions from declarative recipes", after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The store (an OCI image layout) every command reads or writes.
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "output",
+        value_name = "DIR"
+    )]
+    pub output: PathBuf,
+    /// Print one machine-readable JSON document on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress output.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct RecipeArgs {
+    /// The recipe to build.
+    #[arg(default_value = "recipes/lab.toml")]
+    pub recipe: PathBuf,
+    /// Build only this Hadoop version (repeatable); other images in the store stay.
+    #[arg(long, value_name = "VERSION")]
+    pub only: Vec<String>,
+    /// The build cache directory [env: STRATA_CACHE; default ~/.cache/strata].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Ignore the cache: build everything in a throw-away cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// Budget overrides, for experiments (the recipe's [policy] and `budget` keys otherwise).
+#[derive(Debug, Args, Clone, Default)]
+pub struct PolicyArgs {
+    /// Budget of every image, uncompressed (e.g. 600MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub image_budget: Option<Size>,
+    /// Budget of one layer family: base, jdk-<name>, a [[layer]] name, hadoop-dist (repeatable).
+    #[arg(long, value_name = "NAME=SIZE", value_parser = parse_layer_budget)]
+    pub layer_budget: Vec<(String, Size)>,
+    /// Floor on each image's fraction of bytes in layers shared with another image (0–1).
+    #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
+    pub min_shared: Option<f64>,
+}
+
+fn parse_size(s: &str) -> Result<Size, String> {
+    s.parse()
+}
+
+fn parse_layer_budget(s: &str) -> Result<(String, Size), String> {
+    let (name, size) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=SIZE, e.g. base=450MiB"))?;
+    Ok((name.to_string(), size.parse()?))
+}
+
+impl PolicyArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            image_budget: self.image_budget,
+            layer_budgets: self.layer_budget.clone(),
+            min_shared: self.min_shared,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build every image of a recipe into the store.
+    #[command(
+        after_help = "A layer whose inputs did not change is taken from the cache; a no-op rebuild \
+compresses nothing. The store is updated atomically at the end: a failed build leaves it as it was."
+    )]
+    Build {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Build the base root filesystem again (takes Debian security updates).
+        #[arg(long)]
+        refresh_base: bool,
+    },
+    /// Show what a build would do: every layer, its key, whether it is cached, and the budgets.
+    #[command(
+        after_help = "Writes nothing anywhere (no cache directory, no key, no mmdebstrap). What is \
+not known before the base is built is shown as unknown; exits 5 only for a budget that is \
+certainly broken."
+    )]
+    Plan {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+    },
+    /// Sizes, sharing and budgets of the built store: a table, --json, or a page with --html.
+    #[command(
+        after_help = "Exits 5 when a budget is broken and the recipe enforces it, 4 when a blob is \
+missing or corrupt."
+    )]
+    Report {
+        /// Also write a self-contained HTML page here.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Make a bootable qcow2 (BIOS and UEFI) of an image, and optionally boot-test it under QEMU.
+    #[command(
+        after_help = "The disk is written to DIR/disks/<recipe>_<version>.qcow2 (through a temp name). \
+What the disk needs beyond the container image (kernel, systemd: the recipe's [disk]) was recorded at \
+build time. --boot-test boots it on each firmware and checks: no failed units, the hadoop user and \
+environment, java, sshd, the configs; results are kept beside the disk."
+    )]
+    Disk {
+        /// `recipe:version`, a tag or a manifest digest.
+        image: String,
+        /// Boot the disk under QEMU and check it.
+        #[arg(long)]
+        boot_test: bool,
+        /// Firmware to boot-test (repeatable).
+        #[arg(long, value_enum, default_values = ["bios", "uefi"])]
+        firmware: Vec<Firmware>,
+        /// Seconds to wait for the login prompt and the boot check.
+        #[arg(long, default_value_t = 300)]
+        boot_timeout: u64,
+        /// Boot-test a copy grown to this size, as a flavor's disk (e.g. 4GiB): the root must grow.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        flavor_disk: Option<Size>,
+        /// Also write a per-version overlay on the recipe's shared base disk (local development;
+        /// Glance refuses backing files, so publish uses the flattened disk).
+        #[arg(long)]
+        overlay: bool,
+        /// Budget on the disk's virtual size, overriding the recipe's [disk] budget.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        disk_budget: Option<Size>,
+        /// Compress the qcow2 (default: uncompressed, fastest to write and boot).
+        #[arg(long, value_enum)]
+        compress: Option<QcowCompression>,
+    },
+    /// List the images of the store.
+    Ls,
+    /// Show an image: layers, sizes, which images share each layer, labels, packages.
+    Inspect {
+        /// `recipe:version`, a tag (`3.3.6`) or a manifest digest.
+        image: String,
+    },
+    /// Which files differ between two images, layer by layer.
+    Diff { a: String, b: String },
+    /// Re-hash every blob and check every manifest, config and diff_id.
+    Verify,
+    /// Remove blobs no image uses (and leftovers of interrupted writes).
+    Gc {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write images to an archive.
+    Export {
+        /// Images to export (default: all).
+        images: Vec<String>,
+        /// An OCI image layout as a tar; it also holds Docker's manifest.json, so `docker load`
+        /// reads it.
+        #[arg(long, value_name = "FILE", required = true)]
+        oci_archive: PathBuf,
+    },
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Loads a recipe the way every command does: validated, with `SOURCE_DATE_EPOCH` applied.
+pub fn load_recipe(path: &std::path::Path) -> Result<Recipe> {
+    let mut recipe = crate::recipe::load(path)?;
+    let sde = std::env::var("SOURCE_DATE_EPOCH").ok();
+    recipe.apply_source_date_epoch(sde.as_deref())?;
+    Ok(recipe)
+}
+
+fn options(cli: &Cli, r: &RecipeArgs, refresh_base: bool) -> build::Options {
+    build::Options {
+        output: cli.output.clone(),
+        cache: r.cache.clone(),
+        no_cache: r.no_cache,
+        refresh_base,
+        only: r.only.clone(),
+        quiet: cli.quiet,
+        overrides: r.policy.overrides(),
+    }
+}
+
+/// Prints `text` or, with `--json`, the document.
+fn show<T: serde::Serialize>(cli: &Cli, v: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
+    if cli.json {
+        print_json(v)
+    } else {
+        print!("{}", text(v));
+        Ok(())
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Build {
+            recipe,
+            refresh_base,
+        } => {
+            let r = load_recipe(&recipe.recipe)?;
+            match build::build(&r, &options(&cli, recipe, *refresh_base)) {
+                Ok(rep) => show(&cli, &rep, text::build),
+                Err(e) => {
+                    // CI gets the verdicts as JSON even when the budget stops the build.
+                    if cli.json
+                        && let Some(b) = e.downcast_ref::<BudgetExceeded>()
+                    {
+                        print_json(
+                            &serde_json::json!({"error": "budget exceeded", "policy": b.0}),
+                        )?;
+                    }
+                    Err(e)
+                }
+            }
+        }
+        Command::Plan { recipe } => {
+            let r = load_recipe(&recipe.recipe)?;
+            let rep = build::plan(&r, &options(&cli, recipe, false))?;
+            show(&cli, &rep, text::plan)?;
+            match rep.budget_error() {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            }
+        }
+        Command::Report { html, policy } => {
+            let reports = report::report(&cli.output, &policy.overrides())?;
+            if let Some(file) = html {
+                crate::support::fsx::atomic_write_anywhere(
+                    file,
+                    report::html(&reports, &cli.output)?.as_bytes(),
+                )?;
+            }
+            show(&cli, &reports, |r| text::report(r, html.as_deref()))?;
+            match report::budget_error(&reports) {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            }
+        }
+        Command::Disk {
+            image,
+            boot_test,
+            firmware,
+            boot_timeout,
+            flavor_disk,
+            overlay,
+            disk_budget,
+            compress,
+        } => {
+            let rep = crate::disk::disk(&crate::disk::Options {
+                flavor_disk: flavor_disk.map(|s| s.0),
+                overlay: *overlay,
+                disk_budget: disk_budget.map(|s| s.0),
+                compress: *compress,
+                output: cli.output.clone(),
+                image: image.clone(),
+                boot_test: *boot_test,
+                firmware: firmware.clone(),
+                quiet: cli.quiet,
+                boot_timeout: std::time::Duration::from_secs(*boot_timeout),
+            })?;
+            show(&cli, &rep, text::disk)
+        }
+        Command::Ls => show(&cli, &inspect::ls(&cli.output)?, |r| text::ls(r)),
+        Command::Inspect { image } => {
+            show(&cli, &inspect::inspect(&cli.output, image)?, text::inspect)
+        }
+        Command::Diff { a, b } => show(&cli, &inspect::diff(&cli.output, a, b)?, text::diff),
+        Command::Verify => {
+            let rep = inspect::verify(&cli.output)?;
+            show(&cli, &rep, text::verify)?;
+            inspect::damaged(&rep)
+        }
+        Command::Gc { dry_run } => show(&cli, &inspect::gc(&cli.output, *dry_run)?, text::gc),
+        Command::Export {
+            images,
+            oci_archive,
+        } => {
+            let rep = inspect::export_oci_archive(&cli.output, images, oci_archive)?;
+            show(&cli, &rep, text::export)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("strata").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn every_command_parses() {
+        for args in [
+            &["build"][..],
+            &[
+                "build",
+                "r.toml",
+                "--only",
+                "3.3.6",
+                "--no-cache",
+                "--refresh-base",
+            ],
+            &[
+                "build",
+                "--image-budget",
+                "600MiB",
+                "--layer-budget",
+                "base=450MiB",
+            ],
+            &["plan", "--min-shared", "0.9", "--json"],
+            &["report", "--html", "r.html", "-o", "out"],
+            &[
+                "disk",
+                "hadoop-lab:3.3.6",
+                "--boot-test",
+                "--firmware",
+                "uefi",
+            ],
+            &[
+                "disk",
+                "x",
+                "--flavor-disk",
+                "4GiB",
+                "--compress",
+                "zstd",
+                "--overlay",
+            ],
+            &["ls", "-q"],
+            &["inspect", "3.3.6"],
+            &["diff", "a", "b"],
+            &["verify"],
+            &["gc", "--dry-run"],
+            &["export", "a", "--oci-archive", "x.tar"],
+        ] {
+            parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_before_any_work() {
+        for args in [
+            &["disk", "x", "--compress", "lz4"][..],
+            &["disk", "x", "--firmware", "coreboot"],
+            &["disk", "x", "--flavor-disk", "4 parsecs"],
+            &["disk", "x", "--disk-budget", "-1GiB"],
+            &["build", "--image-budget", "lots"],
+            &["build", "--layer-budget", "base"],
+            &["plan", "--min-shared", "1.5"],
+            &["export", "a"],
+            &["frobnicate"],
+        ] {
+            let e = parse(args).expect_err(&format!("{args:?} must be refused"));
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn typed_values_arrive_typed() {
+        let cli = parse(&[
+            "disk",
+            "x",
+            "--firmware",
+            "bios",
+            "--compress",
+            "zlib",
+            "--flavor-disk",
+            "2GiB",
+        ])
+        .unwrap();
+        let Command::Disk {
+            firmware,
+            compress,
+            flavor_disk,
+            ..
+        } = cli.command
+        else {
+            panic!("not disk");
+        };
+        assert_eq!(firmware, [Firmware::Bios]);
+        assert_eq!(compress, Some(QcowCompression::Zlib));
+        assert_eq!(flavor_disk, Some(Size(2 << 30)));
+        let cli = parse(&["plan", "--layer-budget", "base=1KiB", "--min-shared", "0.5"]).unwrap();
+        let Command::Plan { recipe } = cli.command else {
+            panic!("not plan");
+        };
+        let o = recipe.policy.overrides();
+        assert_eq!(o.layer_budgets, [("base".to_string(), Size(1024))]);
+        assert_eq!(o.min_shared, Some(0.5));
+    }
+}

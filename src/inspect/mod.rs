@@ -1,0 +1,12 @@
+//! # Reading a store: ls, inspect, diff, verify, gc, export
+//!
+//! Readers take no lock: they read `index.json` once (it is replaced atomically) and follow it.
+//! `gc` takes the store's lock, like `build`.
+
+mod export;
+mod show;
+mod verify;
+
+pub use export::{ExportReport, check_images, export_oci_archive};
+pub use show::{DiffReport, InspectLayer, Inspection, LayerDiff, LsRow, diff, inspect, ls};
+pub use verify::{GcReport, VerifyReport, damaged, gc, verify};

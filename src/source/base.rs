@@ -1,0 +1,637 @@
+//! # Bases and JDKs: root filesystems made reproducible
+//!
+//! The base is a Debian root filesystem made by `mmdebstrap` with `SOURCE_DATE_EPOCH` (or a
+//! rootfs tarball, or the layers of an existing OCI image). It is cached by its inputs under
+//! `cache/base/<key>/`, so it is built once; `--refresh-base` builds it again to take security
+//! updates. Two mmdebstrap runs are byte-identical once the few install-time artefacts are dealt
+//! with ([`normalize_rootfs`]): SSH host keys are removed (made at first boot), `machine-id` is
+//! emptied, the JVM's class-data-sharing archive (`classes.jsa`, dumped at install time, different
+//! every run) is dropped, and the Java `cacerts` keystore gets fixed entry dates.
+//!
+//! A JDK from Debian packages is the difference between the base and the base plus the JDK's
+//! packages, built by a second mmdebstrap run with the same arguments: whatever it adds or changes
+//! (and a whiteout for what it removes) becomes the JDK layer, shared by every version using it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::Cache;
+use crate::layer::{self, Content, Entry, Kind, TarPolicy};
+use crate::recipe::{Base, Jdk, JdkSource};
+use crate::source::accounts::BaseAccounts;
+use crate::support::hash::key_of;
+use crate::support::progress::Progress;
+
+/// Facts about a base, kept beside its rootfs in the cache.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BaseInfo {
+    pub packages: Vec<(String, String)>,
+    pub accounts: BaseAccounts,
+    /// Java homes found in the base (`usr/lib/jvm/*` with `bin/java`, and `opt/java`), for
+    /// recipes without a JDK layer.
+    #[serde(default)]
+    pub java_homes: Option<Vec<String>>,
+    /// Uncompressed size of each layer of an OCI base, by digest.
+    #[serde(default)]
+    pub layer_sizes: std::collections::BTreeMap<String, u64>,
+}
+
+/// The key of a base's inputs (its content, for tarball bases).
+pub fn base_key(base: &Base, epoch: u64, tar_sha256: Option<&str>) -> String {
+    key_of(&serde_json::json!({
+        "kind": "base-rootfs",
+        "base": base,
+        "epoch": epoch,
+        "tarball-sha256": tar_sha256,
+        "normalize": NORMALIZE_VERSION,
+    }))
+}
+
+/// Bumped when [`normalize_rootfs`] changes.
+const NORMALIZE_VERSION: u32 = 1;
+
+/// The mmdebstrap command for a base (plus extra packages and sources, for JDK layers).
+pub fn mmdebstrap_command(
+    base: &Base,
+    extra_packages: &[String],
+    extra_sources: &[String],
+    epoch: u64,
+    out: &Path,
+) -> Result<Command> {
+    let Base::Mmdebstrap {
+        suite,
+        variant,
+        apt_sources,
+        packages,
+        exclude_docs,
+        proxy,
+        ..
+    } = base
+    else {
+        bail!("not an mmdebstrap base");
+    };
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
+    cmd.arg(format!("--variant={variant}"));
+    let mut all: Vec<String> = packages.clone();
+    all.extend(extra_packages.iter().cloned());
+    if !all.is_empty() {
+        cmd.arg(format!("--include={}", all.join(",")));
+    }
+    if *exclude_docs {
+        for p in [
+            "/usr/share/man/*",
+            "/usr/share/doc/*",
+            "/usr/share/info/*",
+            "/usr/share/locale/*",
+            "/usr/share/lintian/*",
+        ] {
+            cmd.arg(format!("--dpkgopt=path-exclude={p}"));
+        }
+        // Licences stay: they must travel with the binaries.
+        cmd.arg("--dpkgopt=path-include=/usr/share/doc/*/copyright");
+        // Some maintainer scripts (openjdk's update-alternatives) write into man1 even so.
+        cmd.arg("--essential-hook=mkdir -p \"$1\"/usr/share/man/man1");
+    }
+    if let Some(p) = proxy {
+        cmd.arg(format!("--aptopt=Acquire::http::Proxy \"{p}\""));
+    }
+    cmd.arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*");
+    cmd.arg("--customize-hook=if [ -e \"$1\"/etc/machine-id ]; then : > \"$1\"/etc/machine-id; fi");
+    cmd.arg(suite).arg(out);
+    for s in apt_sources.iter().chain(extra_sources) {
+        cmd.arg(s);
+    }
+    Ok(cmd)
+}
+
+/// Runs mmdebstrap into `dest` (through a temp file, renamed when complete).
+fn run_mmdebstrap(
+    base: &Base,
+    extra: (&[String], &[String]),
+    epoch: u64,
+    dest: &Path,
+    what: &str,
+    progress: &Progress,
+) -> Result<()> {
+    let task = progress.task(format!("mmdebstrap: {what}"), None);
+    let dir = dest.parent().expect("dest has a parent");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".tmp-{}.tar", std::process::id()));
+    let cmd = mmdebstrap_command(base, extra.0, extra.1, epoch, &tmp)?;
+    if let Err(e) = crate::support::cmd::run(cmd, |l| task.detail(l.trim_start_matches("I: "))) {
+        let _ = std::fs::remove_file(&tmp);
+        task.finish("failed");
+        return Err(e);
+    }
+    std::fs::rename(&tmp, dest)?;
+    task.finish("done");
+    Ok(())
+}
+
+/// A prepared base: its rootfs tar in the cache and its facts.
+#[derive(Debug, Clone)]
+pub struct PreparedBase {
+    pub key: String,
+    pub rootfs: PathBuf,
+    pub info: BaseInfo,
+}
+
+/// Makes sure the base's rootfs is in the cache (building it with mmdebstrap if needed).
+pub fn ensure_base(
+    cache: &Cache,
+    base: &Base,
+    key: &str,
+    epoch: u64,
+    refresh: bool,
+    progress: &Progress,
+) -> Result<PreparedBase> {
+    let dir = cache.base_dir(key);
+    let rootfs = dir.join("rootfs.tar");
+    let info_path = dir.join("info.json");
+    if !refresh
+        && rootfs.is_file()
+        && let Some(info) = cache.read_json::<BaseInfo>(&info_path)
+    {
+        return Ok(PreparedBase {
+            key: key.into(),
+            rootfs,
+            info,
+        });
+    }
+    match base {
+        Base::Mmdebstrap { .. } => {
+            run_mmdebstrap(
+                base,
+                (&[], &[]),
+                epoch,
+                &rootfs,
+                "base root filesystem",
+                progress,
+            )?;
+        }
+        Base::Tarball { path, .. } => {
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!(".tmp-{}.tar", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            let res = decompress_or_link(path, &tmp);
+            if let Err(e) = res {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            std::fs::rename(&tmp, &rootfs)?;
+        }
+        Base::Oci { .. } => bail!("an OCI base has no rootfs tarball"),
+    }
+    let entries = read_rootfs(&rootfs, epoch)?;
+    let info = BaseInfo {
+        packages: dpkg_packages(&entries)?,
+        accounts: BaseAccounts::from_entries(&entries)?,
+        java_homes: Some(java_homes(&entries)),
+        layer_sizes: Default::default(),
+    };
+    cache.write_json(&info_path, &info)?;
+    Ok(PreparedBase {
+        key: key.into(),
+        rootfs,
+        info,
+    })
+}
+
+/// Puts a rootfs tarball at `dest` uncompressed (gzip and zstd are decompressed): the cache's one
+/// copy, read in place by offset.
+fn decompress_or_link(src: &Path, dest: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(src)
+        .with_context(|| format!("opening {}", src.display()))?
+        .read(&mut magic)?;
+    let f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(src)?);
+    let mut reader: Box<dyn Read> = match &magic[..n] {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(f)),
+        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::new(f)?),
+        _ => {
+            // A copy, not a hard link: an in-place edit of the user's file must not change what
+            // the cache holds under the old content's key.
+            std::fs::copy(src, dest).with_context(|| format!("copying {}", src.display()))?;
+            return Ok(());
+        }
+    };
+    let mut out = std::fs::File::create(dest)?;
+    if let Err(e) = std::io::copy(&mut reader, &mut out) {
+        crate::bad!(
+            "{}: cannot decompress it ({e}): truncated or corrupt",
+            src.display()
+        );
+    }
+    Ok(())
+}
+
+/// The Java homes of a root filesystem: `opt/java` if present, and each `usr/lib/jvm/<jdk>` with a
+/// `bin/java`.
+pub fn java_homes(entries: &[Entry]) -> Vec<String> {
+    let mut out: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.path.strip_suffix("/bin/java"))
+        .filter(|home| home.starts_with("usr/lib/jvm/") && home.matches('/').count() == 3)
+        .map(|h| format!("/{h}"))
+        .collect();
+    if entries.iter().any(|e| e.path == JAVA_LINK) {
+        out.insert(0, format!("/{JAVA_LINK}"));
+    }
+    out
+}
+
+/// Reads a root filesystem tar into normalized layer entries.
+pub fn read_rootfs(tar: &Path, epoch: u64) -> Result<Vec<Entry>> {
+    let entries = layer::read_tar_file(
+        tar,
+        TarPolicy {
+            allow_devices: true,
+        },
+    )
+    .with_context(|| format!("reading root filesystem {}", tar.display()))?;
+    let mut entries = normalize_rootfs(entries, epoch)?;
+    layer::relink_hardlinks(&mut entries)?;
+    layer::normalize(entries)
+}
+
+/// Drops or fixes the install-time artefacts that differ between two identical installs.
+pub fn normalize_rootfs(entries: Vec<Entry>, epoch: u64) -> Result<Vec<Entry>> {
+    let mut out = Vec::with_capacity(entries.len());
+    for mut e in entries {
+        if e.path.starts_with("usr/lib/jvm/") && e.path.ends_with(".jsa") {
+            continue; // CDS archive: regenerated by the JVM on demand, differs every dump
+        }
+        if e.path.starts_with("etc/ssh/ssh_host_") {
+            continue; // host keys: made at first boot, never shipped
+        }
+        if e.path == "etc/ssl/certs/java/cacerts"
+            && let Kind::File(c) = &e.kind
+        {
+            let data = c.read_all()?;
+            if let Some(fixed) = normalize_jks(&data, epoch.saturating_mul(1000), "changeit") {
+                e.kind = Kind::File(Content::bytes(fixed));
+            }
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Rewrites the entry dates of a JKS keystore to `date_ms` and recomputes its integrity digest.
+/// Returns None when the data is not a JKS keystore with `password` (left as it is).
+pub fn normalize_jks(data: &[u8], date_ms: u64, password: &str) -> Option<Vec<u8>> {
+    use sha1::{Digest, Sha1};
+    if data.len() < 32 || data[..4] != [0xfe, 0xed, 0xfe, 0xed] {
+        return None;
+    }
+    let body_len = data.len() - 20;
+    let mac = |body: &[u8]| -> [u8; 20] {
+        let mut h = Sha1::new();
+        for c in password.encode_utf16() {
+            h.update(c.to_be_bytes());
+        }
+        h.update(b"Mighty Aphrodite");
+        h.update(body);
+        h.finalize().into()
+    };
+    if mac(&data[..body_len]) != data[body_len..] {
+        return None;
+    }
+    let mut out = data[..body_len].to_vec();
+    let be32 = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let be16 = |b: &[u8], at: usize| -> Option<usize> {
+        Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize)
+    };
+    if be32(&out, 4)? != 2 {
+        return None;
+    }
+    let count = be32(&out, 8)?;
+    let mut pos = 12;
+    for _ in 0..count {
+        let tag = be32(&out, pos)?;
+        pos += 4;
+        pos += 2 + be16(&out, pos)?; // alias
+        out.get_mut(pos..pos + 8)?
+            .copy_from_slice(&date_ms.to_be_bytes());
+        pos += 8;
+        match tag {
+            2 => {
+                pos += 2 + be16(&out, pos)?; // cert type
+                pos += 4 + be32(&out, pos)? as usize;
+            }
+            1 => {
+                pos += 4 + be32(&out, pos)? as usize; // protected key
+                let chain = be32(&out, pos)?;
+                pos += 4;
+                for _ in 0..chain {
+                    pos += 2 + be16(&out, pos)?;
+                    pos += 4 + be32(&out, pos)? as usize;
+                }
+            }
+            _ => return None,
+        }
+    }
+    if pos != body_len {
+        return None;
+    }
+    let m = mac(&out);
+    out.extend_from_slice(&m);
+    Some(out)
+}
+
+/// The installed packages (name, version) from `var/lib/dpkg/status`.
+pub fn dpkg_packages(entries: &[Entry]) -> Result<Vec<(String, String)>> {
+    let Some(e) = entries.iter().find(|e| e.path == "var/lib/dpkg/status") else {
+        return Ok(vec![]);
+    };
+    let Kind::File(c) = &e.kind else {
+        return Ok(vec![]);
+    };
+    Ok(parse_dpkg_status(&String::from_utf8_lossy(&c.read_all()?)))
+}
+
+pub fn parse_dpkg_status(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for para in text.split("\n\n") {
+        let field = |name: &str| {
+            para.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let (Some(p), Some(v), Some(s)) = (field("Package:"), field("Version:"), field("Status:"))
+        else {
+            continue;
+        };
+        if s.ends_with(" installed") {
+            out.push((p, v));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The key of a JDK layer's inputs.
+pub fn jdk_key(jdk: &Jdk, base_key: &str) -> String {
+    key_of(&serde_json::json!({
+        "kind": "jdk",
+        "jdk": jdk,
+        // A package JDK is a difference against the base; a tarball JDK is not.
+        "base": matches!(jdk.source, JdkSource::Packages { .. }).then_some(base_key),
+        "normalize": NORMALIZE_VERSION,
+    }))
+}
+
+/// Debian packages as (name, version).
+pub type Packages = Vec<(String, String)>;
+
+/// Stable path every image's JAVA_HOME points through.
+pub const JAVA_LINK: &str = "opt/java";
+
+/// The rootfs of the base plus a package JDK (cached; the JDK layer is its difference with the
+/// base, and the disk layer is computed against it).
+fn ensure_jdk_rootfs(
+    cache: &Cache,
+    jdk: &Jdk,
+    base: &Base,
+    prepared: &PreparedBase,
+    (pkgs, apt_sources): (&[String], &[String]),
+    epoch: u64,
+    progress: &Progress,
+) -> Result<PathBuf> {
+    let key = jdk_key(jdk, &prepared.key);
+    let upper = cache.base_dir(&format!("jdk-{key}")).join("rootfs.tar");
+    if !upper.is_file() {
+        let what = format!("base + JDK {}", jdk.name);
+        run_mmdebstrap(base, (pkgs, apt_sources), epoch, &upper, &what, progress)?;
+    }
+    Ok(upper)
+}
+
+/// The disk-only package layer: what `[disk] packages` (kernel, systemd, …) add on top of the
+/// base and the image's JDK, as a difference computed by one more mmdebstrap run.
+pub fn disk_entries(
+    cache: &Cache,
+    base: &Base,
+    jdk: Option<&Jdk>,
+    disk_packages: &[String],
+    prepared: &PreparedBase,
+    epoch: u64,
+    progress: &Progress,
+) -> Result<(Vec<Entry>, Packages)> {
+    let (mut pkgs, mut sources) = (Vec::new(), Vec::new());
+    let lower_tar = match jdk.map(|j| (j, &j.source)) {
+        Some((
+            j,
+            JdkSource::Packages {
+                packages,
+                apt_sources,
+            },
+        )) => {
+            pkgs.extend(packages.iter().cloned());
+            sources.extend(apt_sources.iter().cloned());
+            ensure_jdk_rootfs(
+                cache,
+                j,
+                base,
+                prepared,
+                (packages, apt_sources),
+                epoch,
+                progress,
+            )?
+        }
+        _ => prepared.rootfs.clone(),
+    };
+    pkgs.extend(disk_packages.iter().cloned());
+    let key = key_of(&serde_json::json!({
+        "kind": "disk-rootfs", "base": prepared.key, "packages": pkgs, "sources": sources,
+        "normalize": NORMALIZE_VERSION,
+    }));
+    let upper = cache.base_dir(&format!("disk-{key}")).join("rootfs.tar");
+    if !upper.is_file() {
+        run_mmdebstrap(
+            base,
+            (&pkgs, &sources),
+            epoch,
+            &upper,
+            "base + JDK + disk packages",
+            progress,
+        )?;
+    }
+    let lower = read_rootfs(&lower_tar, epoch)?;
+    let upper_entries = read_rootfs(&upper, epoch)?;
+    let lower_pk: BTreeMap<_, _> = dpkg_packages(&lower)?.into_iter().collect();
+    let packages = dpkg_packages(&upper_entries)?
+        .into_iter()
+        .filter(|(p, v)| lower_pk.get(p) != Some(v))
+        .collect();
+    Ok((layer::diff_trees(&lower, &upper_entries)?, packages))
+}
+
+/// The entries of a JDK layer, with the installed package list.
+pub fn jdk_entries(
+    cache: &Cache,
+    jdk: &Jdk,
+    base: &Base,
+    prepared: Option<&PreparedBase>,
+    epoch: u64,
+    progress: &Progress,
+) -> Result<(Vec<Entry>, Packages)> {
+    let mut packages = vec![];
+    let mut entries = match &jdk.source {
+        JdkSource::Packages {
+            packages: pkgs,
+            apt_sources,
+        } => {
+            let prepared = prepared.context("a package JDK needs the base root filesystem")?;
+            let upper = ensure_jdk_rootfs(
+                cache,
+                jdk,
+                base,
+                prepared,
+                (pkgs, apt_sources),
+                epoch,
+                progress,
+            )?;
+            let lower = read_rootfs(&prepared.rootfs, epoch)?;
+            let upper_entries = read_rootfs(&upper, epoch)?;
+            let lower_pk: BTreeMap<_, _> = prepared.info.packages.iter().cloned().collect();
+            packages = dpkg_packages(&upper_entries)?
+                .into_iter()
+                .filter(|(p, v)| lower_pk.get(p) != Some(v))
+                .collect();
+            layer::diff_trees(&lower, &upper_entries)?
+        }
+        JdkSource::Tarball {
+            origin,
+            sha512,
+            strip_components,
+        } => {
+            let raw = crate::source::fetch::tarball_entries(
+                cache,
+                origin,
+                sha512,
+                progress,
+                "JDK tarball",
+            )?;
+            reroot(
+                raw,
+                *strip_components,
+                jdk.java_home.trim_start_matches('/'),
+            )?
+        }
+    };
+    entries.retain(|e| e.path != JAVA_LINK);
+    entries.push(Entry::symlink(JAVA_LINK, &jdk.java_home));
+    Ok((entries, packages))
+}
+
+/// Moves tarball entries under `prefix`, dropping `strip` leading components (and entries that
+/// had no more than that); hard link targets follow.
+pub fn reroot(entries: Vec<Entry>, strip: usize, prefix: &str) -> Result<Vec<Entry>> {
+    let move_path = |p: &str| -> Option<String> {
+        let parts: Vec<&str> = p.split('/').collect();
+        if parts.len() <= strip {
+            return None;
+        }
+        Some(format!("{prefix}/{}", parts[strip..].join("/")))
+    };
+    let mut out = Vec::new();
+    for mut e in entries {
+        let Some(p) = move_path(&e.path) else {
+            continue;
+        };
+        e.path = p;
+        if let Kind::Hardlink(t) = &e.kind {
+            let nt = move_path(t).with_context(|| {
+                format!("hard link {} points at {t}, outside what is kept", e.path)
+            })?;
+            e.kind = Kind::Hardlink(nt);
+        }
+        out.push(e);
+    }
+    if out.is_empty() {
+        crate::bad!("the tarball has nothing below {strip} leading path component(s)");
+    }
+    // Parents of the prefix.
+    let mut acc = String::new();
+    for comp in prefix.split('/') {
+        if !acc.is_empty() {
+            acc.push('/');
+        }
+        acc.push_str(comp);
+        if !out.iter().any(|e| e.path == acc) {
+            out.push(Entry::dir(&acc, 0o755, 0, 0));
+        }
+    }
+    let mut out = layer::normalize(out)?;
+    layer::relink_hardlinks(&mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_status_lists_installed_packages() {
+        let s = "Package: a\nStatus: install ok installed\nVersion: 1\n\nPackage: b\nStatus: deinstall ok config-files\nVersion: 2\n";
+        assert_eq!(
+            parse_dpkg_status(s),
+            vec![("a".to_string(), "1".to_string())]
+        );
+    }
+
+    #[test]
+    fn jks_dates_are_rewritten_and_digest_kept_valid() {
+        use sha1::{Digest, Sha1};
+        // A keystore with one trusted certificate entry.
+        let mut body = vec![0xfe, 0xed, 0xfe, 0xed, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2];
+        body.extend_from_slice(&[0, 1, b'a']);
+        body.extend_from_slice(&12345u64.to_be_bytes());
+        body.extend_from_slice(&[0, 5]);
+        body.extend_from_slice(b"X.509");
+        body.extend_from_slice(&[0, 0, 0, 3, 1, 2, 3]);
+        let mac = |b: &[u8]| {
+            let mut h = Sha1::new();
+            for c in "changeit".encode_utf16() {
+                h.update(c.to_be_bytes());
+            }
+            h.update(b"Mighty Aphrodite");
+            h.update(b);
+            h.finalize().to_vec()
+        };
+        let mut ks = body.clone();
+        ks.extend(mac(&body));
+        let fixed = normalize_jks(&ks, 1000, "changeit").unwrap();
+        let n = fixed.len() - 20;
+        assert_eq!(&fixed[15 + 4..15 + 12], &1000u64.to_be_bytes());
+        assert_eq!(fixed[n..].to_vec(), mac(&fixed[..n]));
+        assert!(normalize_jks(&ks, 1000, "wrong").is_none());
+    }
+
+    #[test]
+    fn reroot_strips_and_prefixes() {
+        let e = vec![
+            Entry::dir("hadoop-1.0", 0o755, 0, 0),
+            Entry::file("hadoop-1.0/bin/x", Content::bytes("x"), 0o755, 0, 0),
+        ];
+        let out = reroot(e, 1, "opt/hadoop-1.0").unwrap();
+        let paths: Vec<_> = out.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "opt",
+                "opt/hadoop-1.0",
+                "opt/hadoop-1.0/bin",
+                "opt/hadoop-1.0/bin/x"
+            ]
+        );
+    }
+}

@@ -1,0 +1,413 @@
+//! # Layer source directories and templates
+//!
+//! A layer directory holds `root/` (the files, as they appear under `/` in the image) and an
+//! optional `layer.toml` that declares what git cannot hold: owners, modes, symlinks and empty
+//! directories. Files ending in `.j2` are minijinja templates, rendered with the recipe, the
+//! Hadoop version's catalogue facts and the JDK choice (see [`Context`]); the suffix is dropped.
+//!
+//! ```toml
+//! [defaults]                 # optional
+//! owner = "root"             # "root", the recipe's user name, or "uid:gid"
+//! file-mode = "0644"
+//! dir-mode = "0755"
+//!
+//! [[attr]]                   # later matches win; `path` is a glob over paths under root/
+//! path = "home/hadoop/**"
+//! owner = "hadoop"
+//! mode = "0600"              # or file-mode / dir-mode
+//!
+//! [[link]]                   # target is a template
+//! path = "opt/hadoop"
+//! target = "hadoop-{{ hadoop.version }}"
+//!
+//! [[dir]]
+//! path = "var/log/hadoop"
+//! owner = "hadoop"
+//! mode = "0775"
+//!
+//! [[omit]]                   # leave a path out when the expression holds
+//! path = "etc/hadoop/slaves"
+//! when = "hadoop.layout['workers-file'] != 'slaves'"
+//! ```
+//!
+//! Host modes, owners and timestamps are never read: the same checkout gives the same layer under
+//! any umask. Symlinks inside `root/` are refused when they point outside the layer (absolute, or
+//! `..` past its top): declare such links in `layer.toml` instead, where they are explicit.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow};
+use serde::Deserialize;
+
+use crate::layer::{Content, Entry, Kind, check_relative};
+use crate::recipe::User;
+
+pub const LAYER_TOML: &str = "layer.toml";
+pub const ROOT_DIR: &str = "root";
+pub const TEMPLATE_SUFFIX: &str = ".j2";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct LayerToml {
+    #[serde(default)]
+    defaults: Option<Attr>,
+    #[serde(default)]
+    attr: Vec<Attr>,
+    #[serde(default)]
+    link: Vec<Link>,
+    #[serde(default)]
+    dir: Vec<Attr>,
+    #[serde(default)]
+    omit: Vec<Omit>,
+}
+
+/// Leaves a path out when a condition (a template expression) holds, e.g. `slaves` on versions
+/// that read `workers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Omit {
+    path: String,
+    when: String,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Attr {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    file_mode: Option<String>,
+    #[serde(default)]
+    dir_mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Link {
+    path: String,
+    target: String,
+}
+
+/// What templates see.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Context {
+    pub recipe: serde_json::Value,
+    pub user: User,
+    /// The version's catalogue facts plus `ports` (by name) and `major`; absent in shared layers.
+    pub hadoop: Option<serde_json::Value>,
+    /// `name`, `java_version`, `java_home`, `jvm_flags`, `unsupported`; absent in shared layers.
+    pub jdk: Option<serde_json::Value>,
+    pub vars: serde_json::Value,
+}
+
+/// Renders a layer directory into entries.
+pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
+    let spec_path = dir.join(LAYER_TOML);
+    let spec: LayerToml = if spec_path.exists() {
+        let src = std::fs::read_to_string(&spec_path)?;
+        toml::from_str(&src).map_err(|e| crate::support::error::toml_error(&spec_path, &src, &e))?
+    } else {
+        LayerToml::default()
+    };
+    let defaults = spec.defaults.clone().unwrap_or_default();
+    let root = dir.join(ROOT_DIR);
+    let env = template_env();
+    let ctx_value = minijinja::Value::from_serialize(cx);
+
+    let mut attrs = Vec::new();
+    for a in &spec.attr {
+        let pat = a
+            .path
+            .as_deref()
+            .ok_or_else(|| anyhow!("{}: [[attr]] needs `path`", spec_path.display()))?;
+        let glob = globset::GlobBuilder::new(pat)
+            .literal_separator(true)
+            .build()
+            .with_context(|| format!("{}: bad glob {pat:?}", spec_path.display()))?
+            .compile_matcher();
+        attrs.push((glob, a.clone()));
+    }
+    let resolve = |path: &str, is_dir: bool, extra: Option<&Attr>| -> Result<(u32, u32, u32)> {
+        let mut owner = defaults.owner.clone().unwrap_or_else(|| "root".into());
+        let mut mode = if is_dir {
+            defaults.dir_mode.clone().unwrap_or_else(|| "0755".into())
+        } else {
+            defaults.file_mode.clone().unwrap_or_else(|| "0644".into())
+        };
+        let matching = attrs
+            .iter()
+            .filter(|(g, _)| g.is_match(path))
+            .map(|(_, a)| a)
+            .chain(extra);
+        for a in matching {
+            if let Some(o) = &a.owner {
+                owner = o.clone();
+            }
+            let m = if is_dir {
+                a.dir_mode.as_ref()
+            } else {
+                a.file_mode.as_ref()
+            };
+            if let Some(m) = m.or(a.mode.as_ref()) {
+                mode = m.clone();
+            }
+        }
+        let (uid, gid) = parse_owner(&owner, &cx.user)
+            .with_context(|| format!("{}: owner of {path:?}", spec_path.display()))?;
+        let mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: mode {mode:?} of {path:?} is not an octal mode",
+                    spec_path.display()
+                )
+            })?;
+        Ok((mode, uid, gid))
+    };
+
+    let mut entries = Vec::new();
+    if root.exists() {
+        let canon_root = root.canonicalize()?;
+        if !canon_root.starts_with(dir.canonicalize()?) {
+            crate::bad!(
+                "{} leaves the layer directory through a symlink; refused",
+                root.display()
+            );
+        }
+        for item in walkdir::WalkDir::new(&root)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
+            let item = item.with_context(|| format!("walking {}", root.display()))?;
+            let rel = item.path().strip_prefix(&root)?;
+            if rel.as_os_str().is_empty() {
+                continue;
+            }
+            let rel_str = rel
+                .to_str()
+                .ok_or_else(|| anyhow!("{}: file name is not UTF-8", item.path().display()))?
+                .to_string();
+            let ft = item.file_type();
+            if ft.is_dir() {
+                let (mode, uid, gid) = resolve(&rel_str, true, None)?;
+                entries.push(Entry::dir(&rel_str, mode, uid, gid));
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(item.path())?;
+                check_link_inside(rel, &target).with_context(|| {
+                    format!(
+                        "{} is a symlink to {}",
+                        item.path().display(),
+                        target.display()
+                    )
+                })?;
+                let t = target
+                    .to_str()
+                    .ok_or_else(|| anyhow!("symlink target is not UTF-8"))?;
+                entries.push(Entry::symlink(&rel_str, t));
+            } else if ft.is_file() {
+                if let Some(out) = rel_str.strip_suffix(TEMPLATE_SUFFIX) {
+                    let src = std::fs::read_to_string(item.path())
+                        .with_context(|| format!("reading template {}", item.path().display()))?;
+                    let text = render_template(&env, item.path(), &src, &ctx_value)?;
+                    let (mode, uid, gid) = resolve(out, false, None)?;
+                    entries.push(Entry::file(out, Content::bytes(text), mode, uid, gid));
+                } else {
+                    let len = item.metadata()?.len();
+                    let (mode, uid, gid) = resolve(&rel_str, false, None)?;
+                    entries.push(Entry::file(
+                        &rel_str,
+                        Content::Path {
+                            path: item.path().to_path_buf(),
+                            len,
+                        },
+                        mode,
+                        uid,
+                        gid,
+                    ));
+                }
+            } else {
+                crate::bad!(
+                    "{}: only files, directories and symlinks belong in a layer directory",
+                    item.path().display()
+                );
+            }
+        }
+    }
+    for l in &spec.link {
+        check_relative(&l.path)
+            .with_context(|| format!("{}: [[link]] path", spec_path.display()))?;
+        let target = render_template(&env, &spec_path, &l.target, &ctx_value)?;
+        entries.push(Entry::symlink(&l.path, target.trim()));
+    }
+    for o in &spec.omit {
+        let test = format!("{{% if {} %}}omit{{% endif %}}", o.when);
+        if render_template(&env, &spec_path, &test, &ctx_value)? == "omit" {
+            entries.retain(|e| e.path != o.path && !e.path.starts_with(&format!("{}/", o.path)));
+        }
+    }
+    for d in &spec.dir {
+        let path = d
+            .path
+            .as_deref()
+            .ok_or_else(|| anyhow!("{}: [[dir]] needs `path`", spec_path.display()))?;
+        check_relative(path).with_context(|| format!("{}: [[dir]] path", spec_path.display()))?;
+        let (mode, uid, gid) = resolve(path, true, Some(d))?;
+        entries.retain(|e| e.path != path);
+        entries.push(Entry::dir(path, mode, uid, gid));
+    }
+    Ok(entries)
+}
+
+/// A symlink at `rel` (relative to the layer root) must resolve inside the layer root.
+fn check_link_inside(rel: &Path, target: &Path) -> Result<()> {
+    if target.is_absolute() {
+        crate::bad!(
+            "absolute symlinks would point at the build host here; declare it in layer.toml [[link]] instead; refused"
+        );
+    }
+    let mut depth: i64 = rel.components().count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            std::path::Component::ParentDir => depth -= 1,
+            std::path::Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        if depth < 0 {
+            crate::bad!("the symlink escapes the layer directory through `..`; refused");
+        }
+    }
+    Ok(())
+}
+
+fn parse_owner(owner: &str, user: &User) -> Result<(u32, u32)> {
+    if owner == "root" {
+        return Ok((0, 0));
+    }
+    if owner == user.name {
+        return Ok((user.uid, user.gid));
+    }
+    if let Some((u, g)) = owner.split_once(':')
+        && let (Ok(u), Ok(g)) = (u.parse(), g.parse())
+    {
+        return Ok((u, g));
+    }
+    crate::bad!(
+        "unknown owner {owner:?}: use \"root\", \"{}\" or \"uid:gid\"",
+        user.name
+    )
+}
+
+fn template_env() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env
+}
+
+/// Renders one template; errors name the file and line.
+fn render_template(
+    env: &minijinja::Environment<'static>,
+    file: &Path,
+    src: &str,
+    ctx: &minijinja::Value,
+) -> Result<String> {
+    let name = file.display().to_string();
+    let located = |e: minijinja::Error| {
+        let line = e.line().map(|l| format!(":{l}")).unwrap_or_default();
+        let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+        anyhow::Error::from(crate::support::error::BadInput(format!(
+            "{name}{line}: template error: {}{detail}",
+            e.kind()
+        )))
+    };
+    env.render_named_str(&name, src, ctx).map_err(located)
+}
+
+/// The files of a layer directory that are inputs (for error messages and plans).
+pub fn source_root(dir: &Path) -> PathBuf {
+    dir.join(ROOT_DIR)
+}
+
+/// True if any entry is a regular file whose content looks like a private key.
+pub fn carries_private_key(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| match &e.kind {
+        Kind::File(c) if c.len() < 64 * 1024 => c
+            .read_all()
+            .map(|b| {
+                let s = String::from_utf8_lossy(&b);
+                s.contains("PRIVATE KEY-----")
+            })
+            .unwrap_or(false),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            name: "hadoop".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/hadoop".into(),
+            shell: "/bin/bash".into(),
+        }
+    }
+
+    fn cx() -> Context {
+        Context {
+            recipe: serde_json::json!({"name": "t"}),
+            user: user(),
+            hadoop: Some(serde_json::json!({"version": "3.3.6"})),
+            jdk: None,
+            vars: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn renders_templates_and_declared_attrs() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("root/etc/hadoop")).unwrap();
+        std::fs::write(
+            d.path().join("root/etc/hadoop/v.txt.j2"),
+            "v={{ hadoop.version }}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("layer.toml"),
+            "[[attr]]\npath = \"etc/hadoop/*\"\nowner = \"hadoop\"\nmode = \"0600\"\n[[link]]\npath = \"opt/hadoop\"\ntarget = \"hadoop-{{ hadoop.version }}\"\n",
+        )
+        .unwrap();
+        let e = render_dir(d.path(), &cx()).unwrap();
+        let f = e.iter().find(|e| e.path == "etc/hadoop/v.txt").unwrap();
+        assert_eq!((f.mode, f.uid), (0o600, 1000));
+        assert_eq!(f.size(), "v=3.3.6\n".len() as u64);
+        let l = e.iter().find(|e| e.path == "opt/hadoop").unwrap();
+        assert!(matches!(&l.kind, Kind::Symlink(t) if t == "hadoop-3.3.6"));
+    }
+
+    #[test]
+    fn template_errors_name_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("root")).unwrap();
+        std::fs::write(d.path().join("root/x.j2"), "ok\n{{ nope.missing }}\n").unwrap();
+        let err = render_dir(d.path(), &cx()).unwrap_err().to_string();
+        assert!(err.contains("x.j2:2"), "{err}");
+    }
+
+    #[test]
+    fn escaping_symlinks_are_refused() {
+        assert!(check_link_inside(Path::new("a/b"), Path::new("../c")).is_ok());
+        assert!(check_link_inside(Path::new("a/b"), Path::new("../../c")).is_err());
+        assert!(check_link_inside(Path::new("a"), Path::new("/etc/passwd")).is_err());
+    }
+}

@@ -192,6 +192,74 @@ fn a_checksum_mismatch() {
     );
 }
 
+#[test]
+fn a_base_tarball_whose_sha256_does_not_match_is_a_checksum_error() {
+    refused(
+        |p| {
+            set(
+                p,
+                "path = \"inputs/rootfs.tar\"",
+                &format!(
+                    "path = \"inputs/rootfs.tar\"\nsha256 = \"{}\"",
+                    "cd".repeat(32)
+                ),
+            )
+        },
+        3,
+        &[
+            "checksum mismatch",
+            "base tarball",
+            "expected sha256 cdcd",
+            "found",
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_only_version_is_bad_input() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    ok(p.build(&out));
+    let before = snapshot(&out);
+    let mut c = p.build(&out);
+    c.args(["--only", "9.9.9"]);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--only 9.9.9"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2.10.2, 3.3.6"), "{}", stderr(&o));
+    assert_eq!(snapshot(&out), before);
+}
+
+#[test]
+fn a_layer_file_that_changes_while_it_is_written_is_a_failure_not_bad_input() {
+    // The source tree changing under strata is not the user's input being wrong: exit 1.
+    let e = strata::layer::Content::Path {
+        path: repo().join("Cargo.toml"),
+        len: 1,
+    }
+    .read_all()
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("changed while the layer was written"),
+        "{e}"
+    );
+    assert_eq!(strata::cli::exit::code(&e), 1);
+}
+
+#[test]
+fn a_recipe_that_is_not_utf8_names_the_file_and_exits_2() {
+    let p = Project::new();
+    std::fs::write(p.recipe(), b"[recipe]\nname = \"\xff\"\n").unwrap();
+    let o = run(p.build(&p.root().join("out")));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("tiny.toml") && stderr(&o).contains("UTF-8"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// A recipe with a `[dist]` layer served from a local HTTP server.
 fn with_dist(p: &Project, make: impl Fn(&Path, &str)) {
     let srv = p.root().join("mirror");

@@ -658,3 +658,153 @@ fn a_disk_needs_a_kernel_and_leaves_nothing_behind() {
     c.args(["disk", "tiny:9.9.9", "-o"]).arg(&out);
     assert_eq!(run(c).status.code(), Some(2));
 }
+
+/// The mtimes of a gzip layer blob's entries.
+fn layer_mtimes(store: &Path, digest: &str) -> std::collections::BTreeSet<u64> {
+    let hex = digest.trim_start_matches("sha256:");
+    let f = std::fs::File::open(store.join("blobs/sha256").join(hex)).unwrap();
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    ar.entries()
+        .unwrap()
+        .map(|e| e.unwrap().header().mtime().unwrap())
+        .collect()
+}
+
+#[test]
+fn source_date_epoch_overrides_the_recipe_epoch_everywhere_and_says_so() {
+    let p = Project::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for epoch in [1_800_000_000u64, 1_800_000_001] {
+        let out = p.root().join(format!("out-{epoch}"));
+        let mut c = p.build(&out);
+        c.env("SOURCE_DATE_EPOCH", epoch.to_string());
+        let o = ok(c);
+        let r = json(&o);
+        assert_eq!(r["epoch"], epoch, "{r}");
+        assert_eq!(r["epoch-source"], "source-date-epoch", "{r}");
+        assert!(
+            stderr(&o).contains(&format!("epoch {epoch}"))
+                && stderr(&o).contains("SOURCE_DATE_EPOCH"),
+            "the progress says which epoch and why: {}",
+            stderr(&o)
+        );
+        let digests = index_digests(&out);
+        for (name, pinned) in PINNED {
+            assert_ne!(&digests[*name], pinned, "{name} must change with the epoch");
+            assert!(
+                seen.insert(digests[*name].clone()),
+                "{name}: a new digest per epoch"
+            );
+        }
+        // Every layer's entries carry the chosen mtime; the config says when.
+        let m = manifest(&out, "tiny:3.3.6");
+        for l in m["layers"].as_array().unwrap() {
+            let mtimes = layer_mtimes(&out, l["digest"].as_str().unwrap());
+            assert_eq!(mtimes, [epoch].into(), "layer {}", l["digest"]);
+        }
+        let cfg = blob_json(&out, m["config"]["digest"].as_str().unwrap());
+        let want = if epoch == 1_800_000_000 {
+            "2027-01-15T08:00:00Z"
+        } else {
+            "2027-01-15T08:00:01Z"
+        };
+        assert_eq!(cfg["created"], want);
+        // The store record keeps the epoch and where it came from.
+        let index = serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(out.join("index.json")).unwrap(),
+        )
+        .unwrap();
+        let record = blob_json(
+            &out,
+            index["annotations"]["io.strata.record"].as_str().unwrap(),
+        );
+        assert_eq!(record["recipes"]["tiny"]["epoch"], epoch);
+        assert_eq!(
+            record["recipes"]["tiny"]["epoch-source"],
+            "source-date-epoch"
+        );
+    }
+    // Unset (or empty) gives the recipe's epoch and the pinned digests back.
+    let out = p.root().join("out-recipe");
+    let mut c = p.build(&out);
+    c.env("SOURCE_DATE_EPOCH", "");
+    let r = json(&ok(c));
+    assert_eq!(r["epoch-source"], "recipe");
+    let digests = index_digests(&out);
+    for (name, pinned) in PINNED {
+        assert_eq!(&digests[*name], pinned);
+    }
+    // A value that is not a Unix time is bad input, and nothing is written.
+    for bad in ["soon", "-5", "99999999999999"] {
+        let out = p.root().join("out-bad");
+        let mut c = p.build(&out);
+        c.env("SOURCE_DATE_EPOCH", bad);
+        let o = run(c);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains("SOURCE_DATE_EPOCH"), "{}", stderr(&o));
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn plan_on_a_fresh_machine_writes_nothing_and_waits_for_the_base() {
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("c");
+    let out = home.path().join("out");
+    let run_plan = |json_out: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
+        c.current_dir(repo())
+            .env("HOME", home.path())
+            .env("STRATA_CACHE", &cache)
+            .env("CI", "true")
+            .env_remove("STRATA_SSH_KEY")
+            .env_remove("STRATA_KEY_DIR")
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .arg("plan")
+            .arg("-o")
+            .arg(&out);
+        if json_out {
+            c.arg("--json");
+        }
+        run(c)
+    };
+    let o = run_plan(true);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j = json(&o);
+    assert_eq!(j["base-ready"], false);
+    let checks = j["policy"]["checks"].as_array().unwrap();
+    assert!(!checks.is_empty(), "the lab recipe sets budgets: {j}");
+    assert!(
+        checks.iter().all(|c| c["ok"] != false),
+        "nothing is broken before the base exists: {j}"
+    );
+    let unknown: Vec<_> = checks.iter().filter(|c| c["ok"].is_null()).collect();
+    assert!(!unknown.is_empty(), "{j}");
+    // What they wait for: the layers built from the mmdebstrap base.
+    assert!(
+        unknown.iter().all(|c| {
+            let w = c["waits-for"].as_str().unwrap();
+            w.contains("base") || w.contains("jdk-")
+        }),
+        "{j}"
+    );
+    let user_env = j["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "user-env")
+        .unwrap();
+    assert!(
+        user_env["pending"].as_str().unwrap().contains("key"),
+        "{user_env}"
+    );
+    let text = run_plan(false);
+    assert_eq!(text.status.code(), Some(0), "{}", stderr(&text));
+    let says = String::from_utf8_lossy(&text.stdout);
+    assert!(says.contains("wait for layers not built yet"), "{says}");
+    // Nothing was written: no cache, no key, no store, nothing in HOME.
+    let left: Vec<_> = std::fs::read_dir(home.path()).unwrap().collect();
+    assert!(left.is_empty(), "plan wrote {left:?}");
+}

@@ -56,7 +56,7 @@ fn entries_of(
     producer: &Producer,
     cache: &Cache,
     progress: &Progress,
-) -> Result<(Vec<Entry>, Vec<(String, String)>)> {
+) -> Result<(Vec<Entry>, base::Packages)> {
     let recipe = plan.recipe;
     let epoch = recipe.epoch;
     Ok(match producer {

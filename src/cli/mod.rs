@@ -319,7 +319,7 @@ pub fn run(cli: Cli) -> Result<()> {
             })?;
             show(&cli, &rep, text::disk)
         }
-        Command::Ls => show(&cli, &inspect::ls(&cli.output)?, |r| text::ls(r)),
+        Command::Ls => show(&cli, &inspect::ls(&cli.output)?, |r| text::ls(r.as_slice())),
         Command::Inspect { image } => {
             show(&cli, &inspect::inspect(&cli.output, image)?, text::inspect)
         }

@@ -256,7 +256,7 @@ pub fn disk(rep: &DiskReport) -> String {
     s
 }
 
-pub fn ls(rows: &Vec<LsRow>) -> String {
+pub fn ls(rows: &[LsRow]) -> String {
     let mut s = format!(
         "{:<26} {:<12} {:>10} {:>10} {:>6}  JDK\n",
         "IMAGE", "DIGEST", "SIZE", "UNPACKED", "LAYERS"

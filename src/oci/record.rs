@@ -154,3 +154,55 @@ impl StoreRecord {
         self.recipes.get(crate::oci::image::split_name(image).0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(data: &[u8]) -> Digest {
+        crate::support::hash::sha256_of(data)
+    }
+
+    /// The record the previous strata wrote for the default lab (no media type, settings as
+    /// untyped JSON then): read as it is, every field typed.
+    #[test]
+    fn a_record_written_before_versioning_is_read() {
+        let data = include_bytes!("../../tests/fixtures/record-v1-lab.json");
+        let r = StoreRecord::parse(data, &digest(data)).unwrap();
+        let s = r.settings_of("hadoop-lab:3.3.6").unwrap();
+        assert_eq!(s.epoch, 1_700_000_000);
+        assert_eq!(s.epoch_source, crate::recipe::EpochSource::Recipe);
+        assert!(s.disk.as_ref().is_some_and(|d| !d.packages.is_empty()));
+        let img = r.image("hadoop-lab:3.3.6").unwrap();
+        assert_eq!(img.layers.len(), 5);
+        assert!(!img.disk_layers.is_empty());
+        for d in img.layers.iter().chain(&img.disk_layers) {
+            assert!(r.layer(d).is_some(), "{d}");
+        }
+        assert_eq!(r.media_type.as_deref(), Some(RECORD_MEDIA_TYPE));
+    }
+
+    #[test]
+    fn a_record_of_an_unknown_format_is_refused_saying_to_rebuild() {
+        let data = br#"{"media-type": "application/vnd.strata.record.v9+json", "recipes": {}, "images": [], "layers": {}}"#;
+        let e = StoreRecord::parse(data, &digest(data))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("v9") && e.contains("rebuild"), "{e}");
+        let data = br#"{"recipes": {"x": {"epoch": "soon"}}, "images": [], "layers": {}}"#;
+        let e = StoreRecord::parse(data, &digest(data))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rebuild"), "{e}");
+    }
+
+    #[test]
+    fn todays_record_round_trips() {
+        let data = include_bytes!("../../tests/fixtures/record-v1-lab.json");
+        let r = StoreRecord::parse(data, &digest(data)).unwrap();
+        let again = crate::support::hash::canonical_json(&r).unwrap();
+        let back = StoreRecord::parse(&again, &digest(&again)).unwrap();
+        assert_eq!(r, back);
+        assert!(String::from_utf8_lossy(&again).contains(RECORD_MEDIA_TYPE));
+    }
+}

@@ -214,6 +214,8 @@ environment, java, sshd, the configs; results are kept beside the disk."
     },
 }
 
+// Only `cli` writes to stdout (the crate's lints refuse `print!` elsewhere).
+#[allow(clippy::print_stdout)]
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -240,6 +242,7 @@ fn options(cli: &Cli, r: &RecipeArgs, refresh_base: bool) -> build::Options {
 }
 
 /// Prints `text` or, with `--json`, the document.
+#[allow(clippy::print_stdout)]
 fn show<T: serde::Serialize>(cli: &Cli, v: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
     if cli.json {
         print_json(v)

@@ -89,7 +89,7 @@ impl Cache {
 
     /// A throw-away cache (for `--no-cache`), next to `near` so blobs can be hard-linked.
     pub fn temporary(near: &Path) -> Result<Cache> {
-        std::fs::create_dir_all(near)?;
+        crate::support::fsx::create_dir_all(near)?;
         let t = tempfile::Builder::new()
             .prefix(".strata-nocache-")
             .tempdir_in(near)?;
@@ -114,7 +114,7 @@ impl Cache {
         if self.access == Access::Nothing {
             return None;
         }
-        let data = std::fs::read(path).ok()?;
+        let data = crate::support::fsx::read(path).ok()?;
         serde_json::from_slice(&data).ok()
     }
 

@@ -58,7 +58,7 @@ fn build_uki(
         ("initrd", initrd),
     ];
     for (n, d) in &files {
-        std::fs::write(work.join(n), d)?;
+        crate::support::fsx::write(&work.join(n), d)?;
     }
     // Place the new sections after the stub's last one, page-aligned.
     let mut objdump = Command::new("objdump");
@@ -89,11 +89,11 @@ fn build_uki(
     let uki = work.join("BOOTX64.EFI");
     cmd.arg(EFI_STUB).arg(&uki);
     tool(cmd)?;
-    let mut d = std::fs::read(&uki)?;
+    let mut d = crate::support::fsx::read(&uki)?;
     let pe = u32::from_le_bytes(d[0x3c..0x40].try_into()?) as usize;
     d[pe + 8..pe + 12].copy_from_slice(&(epoch as u32).to_le_bytes()); // COFF TimeDateStamp
     d[pe + 24 + 64..pe + 24 + 68].copy_from_slice(&0u32.to_le_bytes()); // CheckSum (unused by UEFI)
-    std::fs::write(&uki, d)?;
+    crate::support::fsx::write(&uki, d)?;
     Ok(uki)
 }
 
@@ -117,7 +117,7 @@ fn install_grub_bios(disk: &Path, work: &Path, cmdline: &str) -> Result<()> {
     tool(c)?;
     let boot = std::fs::read(format!("{GRUB_DIR}/boot.img"))
         .context("reading GRUB's boot.img (install grub-pc-bin)")?;
-    let mut core = std::fs::read(&core)?;
+    let mut core = crate::support::fsx::read(&core)?;
     let sectors = core.len().div_ceil(SECTOR as usize);
     if sectors as u64 > BIOS_BOOT_SECTORS {
         bail!(
@@ -170,7 +170,7 @@ pub fn assemble(
     let epoch = boot.epoch;
     let root_uuid = derived_uuid(ident, "root");
     let root_img = w.join(format!("{label}-root.img"));
-    std::fs::File::create(&root_img)?.set_len(root_size)?;
+    crate::support::fsx::create(&root_img)?.set_len(root_size)?;
     let mut c = Command::new("mke2fs");
     c.env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
@@ -186,7 +186,7 @@ pub fn assemble(
     let root_sectors = root_size / SECTOR;
     let total = ROOT_START + root_sectors + 2048;
     let raw = w.join(format!("{label}.raw"));
-    std::fs::File::create(&raw)?.set_len(total * SECTOR)?;
+    crate::support::fsx::create(&raw)?.set_len(total * SECTOR)?;
     let script = format!(
         "label: gpt\nlabel-id: {}\nfirst-lba: 2048\n\
          start={BIOS_BOOT_START}, size={BIOS_BOOT_SECTORS}, type=21686148-6449-6E6F-744E-656564454649, uuid={}, name=\"bios\"\n\
@@ -198,7 +198,7 @@ pub fn assemble(
         derived_uuid(ident, "root-part"),
     );
     let parts = w.join(format!("{label}.sfdisk"));
-    std::fs::write(&parts, &script)?;
+    crate::support::fsx::write(&parts, &script)?;
     let mut c = Command::new("sh");
     c.arg("-c")
         .arg("exec sfdisk -q --no-reread --no-tell-kernel \"$0\" < \"$1\"")
@@ -206,7 +206,7 @@ pub fn assemble(
         .arg(&parts);
     tool(c).context("partitioning with sfdisk")?;
     write_at(&raw, &root_img, ROOT_START)?;
-    std::fs::remove_file(&root_img)?;
+    crate::support::fsx::remove_file(&root_img)?;
 
     let cmdline = format!(
         "root=UUID={root_uuid} rw console=tty0 console=ttyS0,115200{}",
@@ -240,7 +240,7 @@ pub fn assemble(
         .arg("::/EFI/BOOT/BOOTX64.EFI");
     tool(c)?;
     write_at(&raw, &esp, ESP_START)?;
-    std::fs::remove_file(&esp)?;
+    crate::support::fsx::remove_file(&esp)?;
     install_grub_bios(&raw, w, &cmdline)?;
     Ok((raw, total))
 }
@@ -249,7 +249,7 @@ fn write_at(disk: &Path, image: &Path, start_sector: u64) -> Result<()> {
     use std::io::Seek;
     let mut out = std::fs::OpenOptions::new().write(true).open(disk)?;
     out.seek(std::io::SeekFrom::Start(start_sector * SECTOR))?;
-    let mut src = std::fs::File::open(image)?;
+    let mut src = crate::support::fsx::open(image)?;
     std::io::copy(&mut src, &mut out)?;
     out.sync_all()?;
     Ok(())

@@ -82,7 +82,7 @@ pub fn export_oci_archive(root: &Path, images: &[String], file: &Path) -> Result
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    crate::support::fsx::create_dir_all(dir)?;
     let tmp = tempfile::Builder::new()
         .prefix(TMP_PREFIX)
         .tempfile_in(dir)?;

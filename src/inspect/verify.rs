@@ -33,14 +33,17 @@ pub fn verify(root: &Path) -> Result<VerifyReport> {
     let store = Store::open(root)?;
     let mut rep = VerifyReport::default();
     let mut present = BTreeSet::new();
-    for e in std::fs::read_dir(store.blob_dir())? {
+    let blobs = store.blob_dir();
+    for e in std::fs::read_dir(&blobs).with_context(|| format!("reading {blobs:?}"))? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with(TMP_PREFIX) {
             rep.temp_files += 1;
             continue;
         }
-        let (d, n) = hash_reader(std::io::BufReader::new(std::fs::File::open(e.path())?))?;
+        let (d, n) = hash_reader(std::io::BufReader::new(crate::support::fsx::open(
+            &e.path(),
+        )?))?;
         rep.blobs += 1;
         rep.bytes += n;
         if d.digest() != name {
@@ -215,7 +218,7 @@ pub fn gc(root: &Path, dry_run: bool) -> Result<GcReport> {
         rep.removed_blobs += 1;
         rep.removed_bytes += size;
         if !dry_run {
-            std::fs::remove_file(store.blob_dir().join(&name))?;
+            crate::support::fsx::remove_file(&store.blob_dir().join(&name))?;
         }
     }
     if !dry_run {

@@ -64,7 +64,7 @@ pub struct BlobWriter {
 
 impl BlobWriter {
     pub fn new(blob_dir: &Path) -> Result<Self> {
-        fs::create_dir_all(blob_dir)?;
+        crate::support::fsx::create_dir_all(blob_dir)?;
         let tmp = tempfile::Builder::new()
             .prefix(TMP_PREFIX)
             .tempfile_in(blob_dir)
@@ -193,7 +193,7 @@ impl Store {
             let Ok(rd) = fs::read_dir(&dir) else { continue };
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                    fs::remove_file(e.path())?;
+                    crate::support::fsx::remove_file(&e.path())?;
                     n += 1;
                 }
             }
@@ -228,7 +228,7 @@ impl Store {
             .join(format!("{TMP_PREFIX}link-{}", info.digest.digest()));
         let _ = fs::remove_file(&tmp);
         if fs::hard_link(src, &tmp).is_ok() {
-            fs::rename(&tmp, &dest)?;
+            crate::support::fsx::rename(&tmp, &dest)?;
             return Ok(());
         }
         let mut w = BlobWriter::new(&self.blob_dir())?;
@@ -342,7 +342,8 @@ impl Store {
     /// Lists the blob files (hex names), excluding temp files.
     pub fn blob_names(&self) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
-        for e in fs::read_dir(self.blob_dir())? {
+        let blobs = self.blob_dir();
+        for e in fs::read_dir(&blobs).with_context(|| format!("reading {blobs:?}"))? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(TMP_PREFIX) {

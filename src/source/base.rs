@@ -120,7 +120,7 @@ fn run_mmdebstrap(
 ) -> Result<()> {
     let task = progress.task(format!("mmdebstrap: {what}"), None);
     let dir = dest.parent().expect("dest has a parent");
-    std::fs::create_dir_all(dir)?;
+    crate::support::fsx::create_dir_all(dir)?;
     let tmp = dir.join(format!(".tmp-{}.tar", std::process::id()));
     let cmd = mmdebstrap_command(base, extra.0, extra.1, epoch, &tmp)?;
     if let Err(e) = crate::support::cmd::run(cmd, |l| task.detail(l.trim_start_matches("I: "))) {
@@ -128,7 +128,7 @@ fn run_mmdebstrap(
         task.finish("failed");
         return Err(e);
     }
-    std::fs::rename(&tmp, dest)?;
+    crate::support::fsx::rename(&tmp, dest)?;
     task.finish("done");
     Ok(())
 }
@@ -175,7 +175,7 @@ pub fn ensure_base(
             )?;
         }
         Base::Tarball { path, .. } => {
-            std::fs::create_dir_all(&dir)?;
+            crate::support::fsx::create_dir_all(&dir)?;
             let tmp = dir.join(format!(".tmp-{}.tar", std::process::id()));
             let _ = std::fs::remove_file(&tmp);
             let res = decompress_or_link(path, &tmp);
@@ -183,7 +183,7 @@ pub fn ensure_base(
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }
-            std::fs::rename(&tmp, &rootfs)?;
+            crate::support::fsx::rename(&tmp, &rootfs)?;
         }
         Base::Oci { .. } => bail!("an OCI base has no rootfs tarball"),
     }
@@ -210,7 +210,7 @@ fn decompress_or_link(src: &Path, dest: &Path) -> Result<()> {
     let n = std::fs::File::open(src)
         .with_context(|| format!("opening {}", src.display()))?
         .read(&mut magic)?;
-    let f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(src)?);
+    let f = std::io::BufReader::with_capacity(1 << 20, crate::support::fsx::open(src)?);
     let mut reader: Box<dyn Read> = match &magic[..n] {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(f)),
         [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::new(f)?),
@@ -221,7 +221,7 @@ fn decompress_or_link(src: &Path, dest: &Path) -> Result<()> {
             return Ok(());
         }
     };
-    let mut out = std::fs::File::create(dest)?;
+    let mut out = crate::support::fsx::create(dest)?;
     if let Err(e) = std::io::copy(&mut reader, &mut out) {
         crate::bad!(
             "{}: cannot decompress it ({e}): truncated or corrupt",

@@ -85,11 +85,11 @@ pub fn unpacked_tar(cache: &Cache, download: &Path, sha512: &str) -> Result<Path
     if dest.is_file() {
         return Ok(dest);
     }
-    let mut f = File::open(download)?;
+    let mut f = crate::support::fsx::open(download)?;
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic)?;
     drop(f);
-    let f = File::open(download)?;
+    let f = crate::support::fsx::open(download)?;
     let mut reader: Box<dyn Read> = match &magic[..n] {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(f))),
         [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::new(f)?),

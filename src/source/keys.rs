@@ -110,7 +110,7 @@ fn generate(path: &Path, recipe: &str) -> Result<()> {
         f.write_all(pem.as_bytes())?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
+    crate::support::fsx::rename(&tmp, path)?;
     eprintln!(
         "strata: generated the cluster SSH key {} (kept for later builds; set {KEY_ENV} to use another)",
         path.display()

@@ -4,8 +4,9 @@
 //! JDK per Hadoop line, and which layers to stack. Parsing happens in two steps, as in ripgrep's
 //! low/high args: [`parse`] deserializes `raw` structs (kebab-case keys, unknown keys rejected)
 //! from a `&str`, then [`validate`] turns them into a [`Recipe`] that cannot hold an invalid
-//! state. Every error names the file, the line and the key, and for an unknown key suggests the
-//! nearest valid one.
+//! state, without I/O; last, [`load`] checks the recipe's paths on disk (the project root, the
+//! base and the layer directories). Every error names the file, the line and the key, and for an
+//! unknown key suggests the nearest valid one.
 //!
 //! Relative paths in a recipe resolve against the project root: the recipe file's directory
 //! joined with `[recipe] root` (default `".."`, since recipes live in `recipes/`).
@@ -122,6 +123,7 @@ pub struct User {
 #[serde(rename_all = "kebab-case")]
 pub struct LayerSpec {
     pub name: String,
+    /// Canonical once [`load`] has checked it (exists, a directory, inside the project root).
     pub dir: PathBuf,
     pub per_version: bool,
     /// This layer carries the recipe's user accounts and the cluster SSH key pair.
@@ -155,6 +157,7 @@ pub struct Dist {
 #[derive(Debug, Clone)]
 pub struct Recipe {
     pub file: PathBuf,
+    /// The project root: canonical once [`load`] has checked the paths on disk.
     pub root: PathBuf,
     pub name: String,
     pub description: Option<String>,
@@ -274,7 +277,9 @@ pub fn load(path: &Path) -> anyhow::Result<Recipe> {
             .unwrap_or("hadoop-versions"),
     );
     let catalogue = Catalogue::load_dir(&cat_dir)?;
-    Ok(validate(path, &src, raw, &root, &catalogue)?)
+    let mut recipe = validate(path, &src, &raw, &root, &catalogue)?;
+    validate::resolve_paths(&mut recipe, path, &src, &raw)?;
+    Ok(recipe)
 }
 
 fn project_root(recipe_file: &Path, root: Option<&str>) -> PathBuf {

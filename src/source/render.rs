@@ -107,38 +107,82 @@ pub struct Context {
 /// Renders a layer directory into entries.
 pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
     let spec_path = dir.join(LAYER_TOML);
-    let spec: LayerToml = if spec_path.exists() {
-        let src = std::fs::read_to_string(&spec_path)?;
-        toml::from_str(&src).map_err(|e| crate::support::error::toml_error(&spec_path, &src, &e))?
-    } else {
-        LayerToml::default()
+    let spec = read_spec(&spec_path)?;
+    let tpl = Templates {
+        env: template_env(),
+        ctx: minijinja::Value::from_serialize(cx),
     };
-    let defaults = spec.defaults.clone().unwrap_or_default();
-    let root = dir.join(ROOT_DIR);
-    let env = template_env();
-    let ctx_value = minijinja::Value::from_serialize(cx);
+    let attrs = Attrs::new(&spec, &spec_path, &cx.user)?;
+    let mut entries = walk_root(dir, &attrs, &tpl)?;
+    apply_spec(&spec, &spec_path, &attrs, &tpl, &mut entries)?;
+    Ok(entries)
+}
 
-    let mut attrs = Vec::new();
-    for a in &spec.attr {
-        let pat = a
-            .path
-            .as_deref()
-            .ok_or_else(|| anyhow!("{}: [[attr]] needs `path`", spec_path.display()))?;
-        let glob = globset::GlobBuilder::new(pat)
-            .literal_separator(true)
-            .build()
-            .with_context(|| format!("{}: bad glob {pat:?}", spec_path.display()))?
-            .compile_matcher();
-        attrs.push((glob, a.clone()));
+/// `layer.toml`, or an empty one when the directory has none.
+fn read_spec(spec_path: &Path) -> Result<LayerToml> {
+    if !spec_path.exists() {
+        return Ok(LayerToml::default());
     }
-    let resolve = |path: &str, is_dir: bool, extra: Option<&Attr>| -> Result<(u32, u32, u32)> {
+    let src = std::fs::read_to_string(spec_path)?;
+    Ok(toml::from_str(&src).map_err(|e| crate::support::error::toml_error(spec_path, &src, &e))?)
+}
+
+/// The template environment and what templates see.
+struct Templates {
+    env: minijinja::Environment<'static>,
+    ctx: minijinja::Value,
+}
+
+impl Templates {
+    fn render(&self, file: &Path, src: &str) -> Result<String> {
+        render_template(&self.env, file, src, &self.ctx)
+    }
+}
+
+/// Owners and modes by path: `[defaults]`, then every matching `[[attr]]` in order (later
+/// matches win), then the entry's own declaration.
+struct Attrs<'a> {
+    spec_path: &'a Path,
+    defaults: Attr,
+    globs: Vec<(globset::GlobMatcher, Attr)>,
+    user: &'a User,
+}
+
+impl<'a> Attrs<'a> {
+    /// Compiles the `[[attr]]` globs (a bad one fails here, before any file is read).
+    fn new(spec: &LayerToml, spec_path: &'a Path, user: &'a User) -> Result<Self> {
+        let mut globs = Vec::new();
+        for a in &spec.attr {
+            let pat = a
+                .path
+                .as_deref()
+                .ok_or_else(|| anyhow!("{}: [[attr]] needs `path`", spec_path.display()))?;
+            let glob = globset::GlobBuilder::new(pat)
+                .literal_separator(true)
+                .build()
+                .with_context(|| format!("{}: bad glob {pat:?}", spec_path.display()))?
+                .compile_matcher();
+            globs.push((glob, a.clone()));
+        }
+        Ok(Attrs {
+            spec_path,
+            defaults: spec.defaults.clone().unwrap_or_default(),
+            globs,
+            user,
+        })
+    }
+
+    /// Mode, uid and gid of `path` (relative to `root/`).
+    fn resolve(&self, path: &str, is_dir: bool, extra: Option<&Attr>) -> Result<(u32, u32, u32)> {
+        let defaults = &self.defaults;
         let mut owner = defaults.owner.clone().unwrap_or_else(|| "root".into());
         let mut mode = if is_dir {
             defaults.dir_mode.clone().unwrap_or_else(|| "0755".into())
         } else {
             defaults.file_mode.clone().unwrap_or_else(|| "0644".into())
         };
-        let matching = attrs
+        let matching = self
+            .globs
             .iter()
             .filter(|(g, _)| g.is_match(path))
             .map(|(_, a)| a)
@@ -156,97 +200,119 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
                 mode = m.clone();
             }
         }
-        let (uid, gid) = parse_owner(&owner, &cx.user)
-            .with_context(|| format!("{}: owner of {path:?}", spec_path.display()))?;
+        let (uid, gid) = parse_owner(&owner, self.user)
+            .with_context(|| format!("{}: owner of {path:?}", self.spec_path.display()))?;
         let mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o7777)
             .ok_or_else(|| {
                 anyhow!(
                     "{}: mode {mode:?} of {path:?} is not an octal mode",
-                    spec_path.display()
+                    self.spec_path.display()
                 )
             })?;
         Ok((mode, uid, gid))
-    };
-
-    let mut entries = Vec::new();
-    if root.exists() {
-        let canon_root = root.canonicalize()?;
-        if !canon_root.starts_with(dir.canonicalize()?) {
-            crate::bad!(
-                "{} leaves the layer directory through a symlink; refused",
-                root.display()
-            );
-        }
-        for item in walkdir::WalkDir::new(&root)
-            .follow_links(false)
-            .sort_by_file_name()
-        {
-            let item = item.with_context(|| format!("walking {}", root.display()))?;
-            let rel = item.path().strip_prefix(&root)?;
-            if rel.as_os_str().is_empty() {
-                continue;
-            }
-            let rel_str = rel
-                .to_str()
-                .ok_or_else(|| anyhow!("{}: file name is not UTF-8", item.path().display()))?
-                .to_string();
-            let ft = item.file_type();
-            if ft.is_dir() {
-                let (mode, uid, gid) = resolve(&rel_str, true, None)?;
-                entries.push(Entry::dir(&rel_str, mode, uid, gid));
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(item.path())?;
-                check_link_inside(rel, &target).with_context(|| {
-                    format!(
-                        "{} is a symlink to {}",
-                        item.path().display(),
-                        target.display()
-                    )
-                })?;
-                let t = target
-                    .to_str()
-                    .ok_or_else(|| anyhow!("symlink target is not UTF-8"))?;
-                entries.push(Entry::symlink(&rel_str, t));
-            } else if ft.is_file() {
-                if let Some(out) = rel_str.strip_suffix(TEMPLATE_SUFFIX) {
-                    let src = std::fs::read_to_string(item.path())
-                        .with_context(|| format!("reading template {}", item.path().display()))?;
-                    let text = render_template(&env, item.path(), &src, &ctx_value)?;
-                    let (mode, uid, gid) = resolve(out, false, None)?;
-                    entries.push(Entry::file(out, Content::bytes(text), mode, uid, gid));
-                } else {
-                    let len = item.metadata()?.len();
-                    let (mode, uid, gid) = resolve(&rel_str, false, None)?;
-                    entries.push(Entry::file(
-                        &rel_str,
-                        Content::Path {
-                            path: item.path().to_path_buf(),
-                            len,
-                        },
-                        mode,
-                        uid,
-                        gid,
-                    ));
-                }
-            } else {
-                crate::bad!(
-                    "{}: only files, directories and symlinks belong in a layer directory",
-                    item.path().display()
-                );
-            }
-        }
     }
+}
+
+/// The entries under `root/`, in file-name order (none when there is no `root/`).
+fn walk_root(dir: &Path, attrs: &Attrs, tpl: &Templates) -> Result<Vec<Entry>> {
+    let root = dir.join(ROOT_DIR);
+    let mut entries = Vec::new();
+    if !root.exists() {
+        return Ok(entries);
+    }
+    let canon_root = root.canonicalize()?;
+    if !canon_root.starts_with(dir.canonicalize()?) {
+        crate::bad!(
+            "{} leaves the layer directory through a symlink; refused",
+            root.display()
+        );
+    }
+    for item in walkdir::WalkDir::new(&root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let item = item.with_context(|| format!("walking {}", root.display()))?;
+        let rel = item.path().strip_prefix(&root)?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        entries.push(root_entry(&item, rel, attrs, tpl)?);
+    }
+    Ok(entries)
+}
+
+/// One item under `root/`: a directory, a symlink that stays inside the layer, a template
+/// (rendered, its suffix dropped) or a plain file (read later, at its path).
+fn root_entry(
+    item: &walkdir::DirEntry,
+    rel: &Path,
+    attrs: &Attrs,
+    tpl: &Templates,
+) -> Result<Entry> {
+    let rel_str = rel
+        .to_str()
+        .ok_or_else(|| anyhow!("{}: file name is not UTF-8", item.path().display()))?;
+    let ft = item.file_type();
+    if ft.is_dir() {
+        let (mode, uid, gid) = attrs.resolve(rel_str, true, None)?;
+        Ok(Entry::dir(rel_str, mode, uid, gid))
+    } else if ft.is_symlink() {
+        let target = std::fs::read_link(item.path())?;
+        check_link_inside(rel, &target).with_context(|| {
+            format!(
+                "{} is a symlink to {}",
+                item.path().display(),
+                target.display()
+            )
+        })?;
+        let t = target
+            .to_str()
+            .ok_or_else(|| anyhow!("symlink target is not UTF-8"))?;
+        Ok(Entry::symlink(rel_str, t))
+    } else if ft.is_file() {
+        if let Some(out) = rel_str.strip_suffix(TEMPLATE_SUFFIX) {
+            let src = std::fs::read_to_string(item.path())
+                .with_context(|| format!("reading template {}", item.path().display()))?;
+            let text = tpl.render(item.path(), &src)?;
+            let (mode, uid, gid) = attrs.resolve(out, false, None)?;
+            Ok(Entry::file(out, Content::bytes(text), mode, uid, gid))
+        } else {
+            let len = item.metadata()?.len();
+            let (mode, uid, gid) = attrs.resolve(rel_str, false, None)?;
+            let content = Content::Path {
+                path: item.path().to_path_buf(),
+                len,
+            };
+            Ok(Entry::file(rel_str, content, mode, uid, gid))
+        }
+    } else {
+        crate::bad!(
+            "{}: only files, directories and symlinks belong in a layer directory",
+            item.path().display()
+        );
+    }
+}
+
+/// What `layer.toml` declares on top of `root/`: `[[link]]`s, then `[[omit]]`s (which may drop
+/// them too), then `[[dir]]`s (which replace an entry at their path).
+fn apply_spec(
+    spec: &LayerToml,
+    spec_path: &Path,
+    attrs: &Attrs,
+    tpl: &Templates,
+    entries: &mut Vec<Entry>,
+) -> Result<()> {
     for l in &spec.link {
         check_relative(&l.path)
             .with_context(|| format!("{}: [[link]] path", spec_path.display()))?;
-        let target = render_template(&env, &spec_path, &l.target, &ctx_value)?;
+        let target = tpl.render(spec_path, &l.target)?;
         entries.push(Entry::symlink(&l.path, target.trim()));
     }
     for o in &spec.omit {
         let test = format!("{{% if {} %}}omit{{% endif %}}", o.when);
-        if render_template(&env, &spec_path, &test, &ctx_value)? == "omit" {
+        if tpl.render(spec_path, &test)? == "omit" {
             entries.retain(|e| e.path != o.path && !e.path.starts_with(&format!("{}/", o.path)));
         }
     }
@@ -256,11 +322,11 @@ pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
             .as_deref()
             .ok_or_else(|| anyhow!("{}: [[dir]] needs `path`", spec_path.display()))?;
         check_relative(path).with_context(|| format!("{}: [[dir]] path", spec_path.display()))?;
-        let (mode, uid, gid) = resolve(path, true, Some(d))?;
+        let (mode, uid, gid) = attrs.resolve(path, true, Some(d))?;
         entries.retain(|e| e.path != path);
         entries.push(Entry::dir(path, mode, uid, gid));
     }
-    Ok(entries)
+    Ok(())
 }
 
 /// A symlink at `rel` (relative to the layer root) must resolve inside the layer root.

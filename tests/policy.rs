@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::*;
@@ -387,7 +388,7 @@ fn the_report_page_renders_in_chromium_with_the_json_numbers() {
     let png = p.root().join("report.png");
     chromium(&[
         &format!("--screenshot={}", png.display()),
-        "--window-size=1200,900",
+        "--window-size=1000,900",
     ]);
     let shot = std::fs::read(&png).unwrap();
     assert!(
@@ -397,48 +398,213 @@ fn the_report_page_renders_in_chromium_with_the_json_numbers() {
     );
     let dom = String::from_utf8(chromium(&["--dump-dom"]).stdout).unwrap();
     assert!(dom.contains("<svg") && dom.contains("version by layer matrix"));
-    // Every number on the page equals the JSON.
-    let doc = roxmltree_free_parse(&dom);
-    for img in r[0]["verdicts"]["images"].as_array().unwrap() {
+    let tags = tags(&dom);
+    let r0 = &r[0];
+
+    // The exact numbers (data-value, by data-key) equal the JSON's, to the last digit.
+    let images: BTreeMap<&str, BTreeMap<String, String>> = rows(&tags, "data-image")
+        .into_iter()
+        .map(|(t, cells)| (t.attrs["data-image"].as_str(), cells))
+        .collect();
+    let json_images = r0["verdicts"]["images"].as_array().unwrap();
+    assert_eq!(images.len(), json_images.len());
+    for img in json_images {
         let name = img["name"].as_str().unwrap();
+        let row = &images[name];
         for key in ["shared-fraction", "baseline-fraction"] {
-            let shown: f64 = doc[&(name.to_string(), key.to_string())].parse().unwrap();
-            assert!(
-                (shown - img[key].as_f64().unwrap()).abs() < 5e-7,
-                "{name} {key}"
-            );
+            let shown: f64 = row[key].parse().unwrap();
+            assert_eq!(shown, img[key].as_f64().unwrap(), "{name} {key}");
         }
-        let own: u64 = doc[&(name.to_string(), "own-bytes".to_string())]
-            .parse()
-            .unwrap();
-        assert_eq!(own, img["own-bytes"].as_u64().unwrap());
-        let bytes: u64 = doc[&(name.to_string(), "bytes".to_string())]
-            .parse()
-            .unwrap();
-        assert_eq!(bytes, img["bytes"].as_u64().unwrap());
+        for key in ["bytes", "own-bytes"] {
+            let shown: u64 = row[key].parse().unwrap();
+            assert_eq!(shown, img[key].as_u64().unwrap(), "{name} {key}");
+        }
+        let stored = r0["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap()["stored"]
+            .as_u64();
+        assert_eq!(row["stored"].parse::<u64>().ok(), stored, "{name} stored");
+        let floor: f64 = row["min-shared"].parse().unwrap();
+        assert_eq!(Some(floor), r0["policy"]["min-shared"].as_f64());
     }
-    let checks = dom.matches("data-check=").count();
-    assert_eq!(checks, r[0]["verdicts"]["checks"].as_array().unwrap().len());
+    let checks = r0["verdicts"]["checks"].as_array().unwrap();
+    let check_rows = rows(&tags, "data-check");
+    assert_eq!(check_rows.len(), checks.len());
+    for (c, (row, cells)) in checks.iter().zip(&check_rows) {
+        assert_eq!(row.attrs["data-check"], c["kind"].as_str().unwrap());
+        assert_eq!(row.attrs["data-subject"], c["subject"].as_str().unwrap());
+        let verdict = match c["ok"].as_bool() {
+            Some(true) => "ok",
+            Some(false) => "broken",
+            None => "unknown",
+        };
+        assert_eq!(row.attrs["data-verdict"], verdict);
+        for key in ["value", "limit", "headroom"] {
+            let shown: f64 = cells[key].parse().unwrap();
+            assert_eq!(shown, c[key].as_f64().unwrap(), "{} {key}", c["subject"]);
+        }
+    }
+
+    // People read units and percentages, not byte counts and 18-digit fractions.
+    let text = visible_text(&tags);
+    assert!(text.contains(" KiB"), "{text}");
+    assert!(text.contains('%'), "{text}");
+    for img in json_images {
+        let bytes = img["bytes"].as_u64().unwrap().to_string();
+        assert!(!text.contains(&bytes), "raw {bytes} in the text: {text}");
+        let pct = format!("{:.2}%", img["shared-fraction"].as_f64().unwrap() * 100.0);
+        assert!(text.contains(&pct), "{pct} in {text}");
+    }
+    // (Digits after a digit and a dot: 2 in "99.01%" and in "2.10.2", 18 in a raw fraction.)
+    let pieces: Vec<&str> = text.split('.').collect();
+    let longest_fraction = pieces
+        .windows(2)
+        .filter(|w| w[0].ends_with(|c: char| c.is_ascii_digit()))
+        .map(|w| w[1].chars().take_while(char::is_ascii_digit).count())
+        .max()
+        .unwrap_or(0);
+    assert!(longest_fraction < 6, "a long fraction in the text: {text}");
+
+    // The matrix: one column per shared layer, one per family of per-version layers, whose
+    // cells name each image's own layer.
+    let layers = r0["layers"].as_array().unwrap();
+    let shared: Vec<&str> = layers
+        .iter()
+        .filter(|l| l["used-by"].as_array().unwrap().len() > 1)
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    let mut families: Vec<&str> = layers
+        .iter()
+        .filter(|l| l["used-by"].as_array().unwrap().len() == 1)
+        .map(|l| l["family"].as_str().unwrap())
+        .collect();
+    families.dedup();
+    assert_eq!(shared, ["base", "jdk-tiny-11", "user-env"]);
+    assert_eq!(
+        families,
+        ["hadoop-conf"],
+        "two hadoop-conf-X layers, one family"
+    );
+    let headers = |class: &str, attr: &str| -> Vec<String> {
+        tags.iter()
+            .filter(|t| t.name == "th" && t.attrs.get("class").is_some_and(|c| c.contains(class)))
+            .map(|t| t.attrs[attr].clone())
+            .collect()
+    };
+    assert_eq!(headers("shared", "data-layer"), shared);
+    assert_eq!(headers("folded", "data-family"), families);
+    let columns = tags
+        .iter()
+        .filter(|t| t.name == "th" && t.attrs.get("class").is_some_and(|c| c.starts_with("layer")))
+        .count();
+    assert_eq!(columns, shared.len() + families.len());
+    assert!(
+        columns < layers.len(),
+        "{columns} columns for {} layers",
+        layers.len()
+    );
+    for img in json_images {
+        let name = img["name"].as_str().unwrap();
+        let version = name.split(':').nth(1).unwrap();
+        let start = tags
+            .iter()
+            .position(|t| t.attrs.get("data-matrix-row").is_some_and(|v| v == name))
+            .unwrap();
+        let own: Vec<&str> = tags[start..]
+            .iter()
+            .take_while(|t| t.name != "/tr")
+            .filter(|t| t.name == "span" && t.attrs.contains_key("data-layer"))
+            .map(|t| t.attrs["data-layer"].as_str())
+            .collect();
+        let conf = format!("hadoop-conf-{version}");
+        assert_eq!(own, [conf.as_str()], "{name}");
+    }
 }
 
-/// (image, data-key) → cell text, from the rendered DOM's image table rows.
-fn roxmltree_free_parse(dom: &str) -> std::collections::BTreeMap<(String, String), String> {
-    let mut out = std::collections::BTreeMap::new();
-    for row in dom.split("<tr data-image=\"").skip(1) {
-        let name = row.split('"').next().unwrap().to_string();
-        let row = row.split("</tr>").next().unwrap();
-        for cell in row.split("data-key=\"").skip(1) {
-            let key = cell.split('"').next().unwrap().to_string();
-            let text = cell
-                .split('>')
-                .nth(1)
-                .unwrap()
-                .split('<')
-                .next()
-                .unwrap()
-                .to_string();
-            out.insert((name.clone(), key), text);
+/// A tag of the dumped DOM (`/tr` for an end tag), its attributes, and the text after it up to
+/// the next tag. Chromium writes every attribute value in double quotes.
+struct Tag {
+    name: String,
+    attrs: BTreeMap<String, String>,
+    text: String,
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&nbsp;", "\u{a0}")
+        .replace("&amp;", "&")
+}
+
+fn tags(dom: &str) -> Vec<Tag> {
+    let mut out = Vec::new();
+    for chunk in dom.split('<').skip(1) {
+        let (inside, text) = chunk.split_once('>').unwrap_or((chunk, ""));
+        let name_end = inside
+            .find(|c: char| c.is_whitespace() || c == '/' && !inside.starts_with('/'))
+            .unwrap_or(inside.len());
+        let name = inside[..name_end].to_string();
+        let mut attrs = BTreeMap::new();
+        let mut rest = &inside[name_end..];
+        loop {
+            rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '/');
+            if rest.is_empty() {
+                break;
+            }
+            let key_end = rest
+                .find(|c: char| c == '=' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            let key = rest[..key_end].to_string();
+            rest = &rest[key_end..];
+            let value = if let Some(v) = rest.strip_prefix("=\"") {
+                let (v, after) = v.split_once('"').unwrap();
+                rest = after;
+                unescape(v)
+            } else {
+                String::new()
+            };
+            attrs.insert(key, value);
         }
+        out.push(Tag {
+            name,
+            attrs,
+            text: unescape(text),
+        });
     }
     out
+}
+
+/// The rows (`tr`) that carry `attr`, in page order, with their cells' `data-value` by
+/// `data-key`.
+fn rows<'a>(tags: &'a [Tag], attr: &str) -> Vec<(&'a Tag, BTreeMap<String, String>)> {
+    tags.iter()
+        .enumerate()
+        .filter(|(_, t)| t.name == "tr" && t.attrs.contains_key(attr))
+        .map(|(i, t)| {
+            let cells = tags[i + 1..]
+                .iter()
+                .take_while(|c| c.name != "/tr")
+                .filter_map(|c| {
+                    Some((
+                        c.attrs.get("data-key")?.clone(),
+                        c.attrs.get("data-value")?.clone(),
+                    ))
+                })
+                .collect();
+            (t, cells)
+        })
+        .collect()
+}
+
+/// What the page shows as text (not tooltips: `title` elements, nor the style sheet).
+fn visible_text(tags: &[Tag]) -> String {
+    tags.iter()
+        .filter(|t| t.name != "title" && t.name != "style")
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -39,14 +39,14 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
-pub mod cache;
+pub(crate) mod cache;
 pub mod cli;
 pub mod disk;
-pub mod inspect;
+pub(crate) mod inspect;
 pub mod layer;
-pub mod oci;
-pub mod policy;
+pub(crate) mod oci;
+pub(crate) mod policy;
 pub mod recipe;
-pub mod report;
+pub(crate) mod report;
 pub mod source;
 pub mod support;

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use oci_spec::image::{Descriptor, Digest, ImageIndexBuilder, MediaType};
 use serde::Serialize;
 
@@ -155,16 +155,4 @@ pub fn export_oci_archive(root: &Path, images: &[String], file: &Path) -> Result
         blobs: blobs.len(),
         bytes,
     })
-}
-
-/// Fails unless `names` are images of the store (for commands that take several).
-pub fn check_images(root: &Path, names: &[String]) -> Result<()> {
-    let v = View::open(root)?;
-    for n in names {
-        v.find(n)?;
-    }
-    if names.is_empty() && v.index.manifests().is_empty() {
-        bail!("{} holds no image", root.display());
-    }
-    Ok(())
 }

@@ -7,6 +7,6 @@ mod export;
 mod show;
 mod verify;
 
-pub use export::{ExportReport, check_images, export_oci_archive};
-pub use show::{DiffReport, InspectLayer, Inspection, LayerDiff, LsRow, diff, inspect, ls};
+pub use export::{ExportReport, export_oci_archive};
+pub use show::{DiffReport, Inspection, LsRow, diff, inspect, ls};
 pub use verify::{GcReport, VerifyReport, damaged, gc, verify};

@@ -123,7 +123,7 @@ fn read_spec(spec_path: &Path) -> Result<LayerToml> {
     if !spec_path.exists() {
         return Ok(LayerToml::default());
     }
-    let src = std::fs::read_to_string(spec_path)?;
+    let src = crate::support::error::read_text(spec_path, "layer spec")?;
     Ok(toml::from_str(&src).map_err(|e| crate::support::error::toml_error(spec_path, &src, &e))?)
 }
 
@@ -259,7 +259,8 @@ fn root_entry(
         let (mode, uid, gid) = attrs.resolve(rel_str, true, None)?;
         Ok(Entry::dir(rel_str, mode, uid, gid))
     } else if ft.is_symlink() {
-        let target = std::fs::read_link(item.path())?;
+        let target = std::fs::read_link(item.path())
+            .with_context(|| format!("reading the link {:?}", item.path()))?;
         check_link_inside(rel, &target).with_context(|| {
             format!(
                 "{} is a symlink to {}",

@@ -222,14 +222,17 @@ pub fn plan(recipe: &Recipe, opts: &Options) -> Result<PlanReport> {
     let inputs = Inputs::look(recipe, &cache)?;
     let base_ready = !matches!(inputs.base, plan::BaseState::Unbuilt { .. });
     let plan = make_plan(recipe, inputs, &opts.only)?;
-    let cached = |i: usize| -> Option<LayerFacts> {
-        let l = &plan.layers[i];
-        match &l.producer {
+    // Each layer's cache record, read once.
+    let records: Vec<Option<LayerFacts>> = plan
+        .layers
+        .iter()
+        .map(|l| match &l.producer {
             Producer::Imported(r, _) => Some(r.clone()),
             _ if l.provisional => None,
             _ => cache.read_json::<LayerFacts>(&cache.layer_record_path(&l.key)),
-        }
-    };
+        })
+        .collect();
+    let cached = |i: usize| records[i].clone();
     let mut used: HashMap<usize, Vec<String>> = HashMap::new();
     for img in &plan.images {
         for &l in &img.layers {

@@ -42,14 +42,6 @@ pub fn hash_reader(mut r: impl Read) -> io::Result<(Digest, u64)> {
     Ok((sha256_digest(&h.finalize().into()), n))
 }
 
-/// SHA-256 of a file, as a digest; the error names the file.
-pub fn sha256_file(path: &Path) -> Result<Digest> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {path:?}"))?;
-    let (d, _) = hash_reader(io::BufReader::with_capacity(1 << 20, f))
-        .with_context(|| format!("reading {path:?}"))?;
-    Ok(d)
-}
-
 /// SHA-512 of a file, hex; the error names the file.
 pub fn sha512_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {path:?}"))?;

@@ -409,3 +409,72 @@ pub fn export(rep: &ExportReport) -> String {
         rep.file.display()
     )
 }
+
+pub fn publish(rep: &crate::publish::PublishReport) -> String {
+    use crate::publish::Outcome;
+    let mut s = String::new();
+    for i in &rep.images {
+        let what = match i.outcome {
+            Outcome::Created => "published",
+            Outcome::AlreadyPublished => "already published (nothing uploaded)",
+            Outcome::PublishedByAnotherRun => "published by another run at the same time",
+            Outcome::WouldCreate => "would be published (dry run)",
+        };
+        let _ = writeln!(
+            s,
+            "{} → {} {} on {}: {what}",
+            i.image,
+            i.glance_name,
+            i.glance_id.as_deref().unwrap_or("(new id)"),
+            rep.cloud
+        );
+        if i.outcome == Outcome::Created {
+            let _ = writeln!(
+                s,
+                "  {} sent in {:.1}s ({}/s), {}, visibility {}",
+                human(i.bytes_sent),
+                i.seconds,
+                human((i.bytes_sent as f64 / i.seconds.max(0.001)) as u64),
+                i.verified.as_deref().unwrap_or("not verified"),
+                i.visibility
+            );
+        }
+        if let Some(c) = &i.converted {
+            let _ = writeln!(
+                s,
+                "  the cloud converted it to {} on import (size {}): not corruption",
+                c.disk_format,
+                c.size.map(human).unwrap_or("unknown".into())
+            );
+        }
+        let _ = writeln!(s, "  boot test of this disk: {}", i.boot_test);
+        let verb = if rep.dry_run { "would hide" } else { "hidden" };
+        if !i.hidden.is_empty() {
+            let _ = writeln!(s, "  older images {verb}: {}", i.hidden.join(", "));
+        }
+        let verb = if rep.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        if !i.pruned.is_empty() {
+            let _ = writeln!(
+                s,
+                "  older images {verb} (--prune): {}",
+                i.pruned.join(", ")
+            );
+        }
+        if !i.kept.is_empty() {
+            let _ = writeln!(s, "  older images left visible: {}", i.kept.join(", "));
+        }
+        if let Some(u) = &i.user_data {
+            let _ = writeln!(
+                s,
+                "  keys at boot: openstack server create --image {} --user-data {} …",
+                i.glance_name,
+                u.display()
+            );
+        }
+    }
+    s
+}

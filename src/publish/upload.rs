@@ -186,7 +186,9 @@ fn create_and_send(
             Err(e) => {
                 // The create may have reached Glance even though its answer was lost.
                 return Err(match session.delete(&id) {
-                    Ok(()) => e.context(format!("image {id} deleted in case the create got through")),
+                    Ok(()) => {
+                        e.context(format!("image {id} deleted in case the create got through"))
+                    }
                     Err(d) => e.context(format!(
                         "image {id} may exist: deleting it failed too ({d:#}); check with \
                          `openstack image show {id}`"
@@ -315,8 +317,12 @@ fn create_body(
 
 /// No answer came (a timeout or a dropped connection): the request may have been done.
 fn lost_answer(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| matches!(c.downcast_ref::<CloudError>(), Some(CloudError::Unreachable { .. })))
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<CloudError>(),
+            Some(CloudError::Unreachable { .. })
+        )
+    })
 }
 
 /// Whether a failed upload is worth another try (a dropped connection, a timeout, a 5xx).

@@ -308,7 +308,12 @@ fn boot_files(head: &[Entry], tail: &[Entry]) -> Result<(Vec<u8>, Vec<u8>, Vec<u
         .collect();
     let kernel = flatten::file_bytes(&by_path, "vmlinuz", "kernel")?;
     let initrd = flatten::file_bytes(&by_path, "initrd.img", "initramfs")?;
-    let osrel = flatten::file_bytes(&by_path, "etc/os-release", "os-release").unwrap_or_default();
+    // Debian's /etc/os-release is a link to /usr/lib/os-release.
+    let osrel = flatten::file_bytes(&by_path, "etc/os-release", "os-release")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .or_else(|| flatten::file_bytes(&by_path, "usr/lib/os-release", "os-release").ok())
+        .unwrap_or_default();
     Ok((kernel, initrd, osrel))
 }
 

@@ -142,8 +142,7 @@ fn already(
     report.disk_sha256 = img.prop(prop::DISK_SHA256).map(str::to_owned);
     if !img.os_hidden {
         let newer_than = Some(img.created_at.as_str());
-        let new = (!opts.dry_run).then_some(img.id.as_str());
-        let (hidden, pruned, kept) = rotate(session, opts, t, new, newer_than)?;
+        let (hidden, pruned, kept) = rotate(session, opts, t, Some(&img.id), newer_than)?;
         (report.hidden, report.pruned, report.kept) = (hidden, pruned, kept);
     }
     report.seconds = start.elapsed().as_secs_f64();
@@ -530,9 +529,10 @@ pub(super) fn wait_active(
     }
 }
 
-/// Hides (or with `--prune` deletes) this name's images beyond `keep`, newest first; with
-/// `new` = None only says what would happen; `newer_than`: only images created no later than
-/// this time count as older. Returns (hidden, pruned, kept) ids.
+/// Hides (or with `--prune` deletes) this name's images beyond `keep`, newest first, `new`
+/// (the image just published or found) counting as the newest; `newer_than`: only images
+/// created no later than this time count as older. With `--dry-run` only says what it would
+/// do. Returns (hidden, pruned, kept) ids.
 fn rotate(
     session: &Session,
     opts: &Options,
@@ -561,12 +561,12 @@ fn rotate(
             continue;
         }
         if opts.prune && !img.protected {
-            if new.is_some() {
+            if !opts.dry_run {
                 session.delete(&img.id)?;
             }
             pruned.push(img.id);
         } else if !img.os_hidden {
-            if new.is_some() {
+            if !opts.dry_run {
                 session.patch(
                     &img.id,
                     &json!([{ "op": "replace", "path": "/os_hidden", "value": true }]),

@@ -30,6 +30,7 @@ Quick start:
   strata diff hadoop-lab:3.3.6 hadoop-lab:3.4.1
   strata verify                     re-hash every blob, check every manifest
   strata disk hadoop-lab:3.3.6 --boot-test
+  strata publish hadoop-lab:3.3.6 --cloud lab     upload its disk to Glance, verified
 
 Environment:
   SOURCE_DATE_EPOCH  overrides the recipe's `epoch`: timestamps in layers, configs and the
@@ -38,9 +39,11 @@ Environment:
   STRATA_SSH_KEY     the cluster's SSH private key (default: generated once under
                      ~/.local/share/strata/cluster-keys/<recipe>/)
   CI                 plain progress lines instead of bars
+  OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_AUTH_URL, OS_*   the cloud for publish (as openstack's)
 
 Exit codes: 0 ok, 1 failure (a tool, the network, the disk), 2 bad input (recipe, arguments,
-template, tarball), 3 checksum mismatch, 4 damaged store (verify, report), 5 budget exceeded.";
+template, tarball, clouds.yaml), 3 checksum mismatch, 4 damaged store (verify, report), 5 budget
+exceeded, 6 the cloud refused (401, 403, quota, format), 7 a preflight check failed.";
 
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about = "Build reproducible, content-addressed OCI images for many Hadoop versions from declarative recipes", after_help = AFTER_HELP)]

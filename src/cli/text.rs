@@ -328,6 +328,22 @@ pub fn inspect(i: &Inspection) -> String {
             let _ = writeln!(s, "  {}", row.trim_end());
         }
     }
+    if !i.publications.is_empty() {
+        let _ = writeln!(s, "\nPublished:");
+        for p in &i.publications {
+            let _ = writeln!(
+                s,
+                "  {}  cloud {}  {} {} ({}, {}, disk {})",
+                p.time,
+                p.cloud,
+                p.glance_name,
+                p.glance_id,
+                p.outcome,
+                p.visibility,
+                short(&p.disk_sha256.to_string())
+            );
+        }
+    }
     s
 }
 

@@ -150,6 +150,8 @@ pub struct ImageReport {
     pub properties: std::collections::BTreeMap<String, String>,
     /// For keys delivered at boot: the file to pass to `openstack server create --user-data`.
     pub user_data: Option<PathBuf>,
+    /// How the bytes went in: `upload` (`PUT /file`) or `glance-direct` (stage + import).
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

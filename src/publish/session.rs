@@ -268,6 +268,26 @@ impl Session {
         let what = format!("cloud {:?} from {}", c.name, c.source);
         let resp = self
             .retrying("POST", &url, true, || self.client.post(&url).json(&body))
+            .map_err(|e| {
+                // Keystone answers 404 for a token it does not know (expired, revoked).
+                if c.method == Method::Token && super::glance::is_status(&e, 404) {
+                    CloudError::Status {
+                        method: "POST".into(),
+                        url: url.clone(),
+                        status: 401,
+                        message: "Keystone does not know this token: it expired or was revoked"
+                            .into(),
+                        hint: Some(
+                            "get a new one (`openstack token issue`) or use password or \
+                             application-credential auth"
+                                .into(),
+                        ),
+                    }
+                    .into()
+                } else {
+                    e
+                }
+            })
             .with_context(|| format!("logging in to Keystone ({what})"))?;
         let token = resp
             .headers()

@@ -66,10 +66,11 @@ pub(super) fn publish_one(
         kept: vec![],
         properties: Default::default(),
         user_data: None,
+        method: None,
     };
     // The same image (by manifest) already active: nothing to make, nothing to send.
     if let Some(img) = find_active(session, prop::IMAGE_DIGEST, t.manifest.as_ref())? {
-        return Ok(already(report, &img, start, progress));
+        return already(session, opts, t, report, &img, start, progress);
     }
     let disk = if opts.dry_run {
         match disks::read_record(&opts.output, &t.name)? {
@@ -91,10 +92,10 @@ pub(super) fn publish_one(
     report.disk_sha256 = Some(disk.sha256.to_string());
     report.properties = properties(t, &disk);
     if let Some(img) = find_active(session, prop::DISK_SHA256, disk.sha256.as_ref())? {
-        return Ok(already(report, &img, start, progress));
+        return already(session, opts, t, report, &img, start, progress);
     }
     if opts.dry_run {
-        let (hidden, pruned, kept) = rotate(session, opts, t, None)?;
+        let (hidden, pruned, kept) = rotate(session, opts, t, None, None)?;
         (report.hidden, report.pruned, report.kept) = (hidden, pruned, kept);
         report.seconds = start.elapsed().as_secs_f64();
         return Ok(report);
@@ -111,13 +112,23 @@ pub(super) fn publish_one(
             &json!([{ "op": "replace", "path": "/protected", "value": true }]),
         )?;
     }
-    let (hidden, pruned, kept) = rotate(session, opts, t, Some(&img.id))?;
+    let (hidden, pruned, kept) = rotate(session, opts, t, Some(&img.id), None)?;
     (report.hidden, report.pruned, report.kept) = (hidden, pruned, kept);
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
 
-fn already(mut report: ImageReport, img: &Image, start: Instant, p: &Progress) -> ImageReport {
+/// The bytes are in Glance already: nothing is sent. When that image is visible, the older
+/// images of its name are still rotated (a `--prune` or a smaller `--keep` takes effect).
+fn already(
+    session: &Session,
+    opts: &Options,
+    t: &Target,
+    mut report: ImageReport,
+    img: &Image,
+    start: Instant,
+    p: &Progress,
+) -> Result<ImageReport> {
     p.say(format!(
         "{}: already in Glance as {} ({}, {}): nothing uploaded",
         report.image,
@@ -129,8 +140,14 @@ fn already(mut report: ImageReport, img: &Image, start: Instant, p: &Progress) -
     report.outcome = Outcome::AlreadyPublished;
     report.visibility = img.visibility.clone();
     report.disk_sha256 = img.prop(prop::DISK_SHA256).map(str::to_owned);
+    if !img.os_hidden {
+        let newer_than = Some(img.created_at.as_str());
+        let new = (!opts.dry_run).then_some(img.id.as_str());
+        let (hidden, pruned, kept) = rotate(session, opts, t, new, newer_than)?;
+        (report.hidden, report.pruned, report.kept) = (hidden, pruned, kept);
+    }
     report.seconds = start.elapsed().as_secs_f64();
-    report
+    Ok(report)
 }
 
 /// An active image of this project with `key == value`, hidden ones included.
@@ -163,7 +180,23 @@ fn create_and_send(
     for n in 0..16 {
         let id = derived_id(&project, &sha, n);
         let body = create_body(t, disk, report, &id, opts);
-        match session.create(&body)? {
+        let created = match session.create(&body) {
+            Ok(c) => c,
+            Err(e) if !lost_answer(&e) => return Err(e),
+            Err(e) => {
+                // The create may have reached Glance even though its answer was lost.
+                return Err(match session.delete(&id) {
+                    Ok(()) => {
+                        e.context(format!("image {id} deleted in case the create got through"))
+                    }
+                    Err(d) => e.context(format!(
+                        "image {id} may exist: deleting it failed too ({d:#}); check with \
+                         `openstack image show {id}`"
+                    )),
+                });
+            }
+        };
+        match created {
             Created::New(_) => match send(session, opts, &id, path, disk, report, progress) {
                 Ok(img) => return Ok((img, Outcome::Created)),
                 Err(e) => {
@@ -282,6 +315,16 @@ fn create_body(
     body
 }
 
+/// No answer came (a timeout or a dropped connection): the request may have been done.
+fn lost_answer(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<CloudError>(),
+            Some(CloudError::Unreachable { .. })
+        )
+    })
+}
+
 /// Whether a failed upload is worth another try (a dropped connection, a timeout, a 5xx).
 fn retryable(e: &anyhow::Error) -> bool {
     e.chain().any(|c| match c.downcast_ref::<CloudError>() {
@@ -336,6 +379,7 @@ fn send(
         methods.iter().any(|m| m == "glance-direct")
     };
     let hashes = Arc::new(Mutex::new((Sha256::new(), Sha512::new(), 0u64)));
+    report.method = Some(if import { "glance-direct" } else { "upload" }.into());
     let task = Arc::new(progress.task(
         format!(
             "{}: {} to image {id}",
@@ -487,12 +531,14 @@ pub(super) fn wait_active(
 }
 
 /// Hides (or with `--prune` deletes) this name's images beyond `keep`, newest first; with
-/// `new` = None only says what would happen. Returns (hidden, pruned, kept) ids.
+/// `new` = None only says what would happen; `newer_than`: only images created no later than
+/// this time count as older. Returns (hidden, pruned, kept) ids.
 fn rotate(
     session: &Session,
     opts: &Options,
     t: &Target,
     new: Option<&str>,
+    newer_than: Option<&str>,
 ) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
     let name = glance_name(&t.name);
     let keep = opts.keep.unwrap_or(t.spec.keep).max(1);
@@ -503,6 +549,7 @@ fn rotate(
             ours(session, i)
                 && Some(i.id.as_str()) != new
                 && i.prop(prop::RECIPE) == Some(t.record.recipe())
+                && newer_than.is_none_or(|n| i.created_at.as_str() <= n)
         })
         .collect();
     older.sort_by(|a, b| b.created_at.cmp(&a.created_at));

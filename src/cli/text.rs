@@ -340,7 +340,7 @@ pub fn inspect(i: &Inspection) -> String {
                 p.glance_id,
                 p.outcome,
                 p.visibility,
-                short(&p.disk_sha256.to_string())
+                short(p.disk_sha256.as_ref())
             );
         }
     }

@@ -3,18 +3,18 @@
 //! `strata preflight IMAGE --cloud lab [--flavor NAME] [--flavors FILE]` answers, before anyone
 //! runs `openstack server create`, the questions behind "VM creation failed with an odd error":
 //!
-//! | check         | looks at                                        | fails when                        |
-//! |---------------|-------------------------------------------------|-----------------------------------|
-//! | image         | Glance, by `strata_image_digest` (hidden too)   | absent, not `active`, hidden      |
-//! | flavor disk   | flavor `disk` vs `min_disk` and virtual size    | too small (disk 0: boot from volume, a note) |
-//! | flavor RAM    | flavor `ram` vs `min_ram` (Glance and recipe)   | too small                         |
-//! | image quota   | `/v2/info/usage` `image_size_total`             | over the limit (`{}`/404: unknown)|
-//! | store         | `/v2/info/stores` (404: single store, a pass)   | the image's store is gone, read-only default |
-//! | disk format   | `/v2/schemas/image` `disk_format` enum          | qcow2 not accepted                |
-//! | firmware      | `hw_firmware_type` vs the recipe's `[publish]`  | differs from the recipe           |
-//! | disk bus      | `hw_disk_bus` vs the recipe, virtio or scsi     | differs, or ide/sata              |
-//! | guest agent   | `hw_qemu_guest_agent`, `os_require_quiesce` vs the disk record | claims what the disk lacks, or the reverse |
-//! | boot test     | the local disk's `*.boot-test.json`             | it failed (never run: unknown)    |
+//! | check       | looks at                                   | fails when                       |
+//! |-------------|--------------------------------------------|----------------------------------|
+//! | image       | Glance, by `strata_image_digest`           | absent, not `active`, hidden     |
+//! | flavor disk | `disk` vs `min_disk`, virtual size         | smaller (disk 0: a volume, pass) |
+//! | flavor RAM  | `ram` vs `min_ram` (Glance's, recipe's)    | smaller                          |
+//! | image quota | `/v2/info/usage` `image_size_total`        | over (`{}`, 404: unknown)        |
+//! | store       | `/v2/info/stores` (404: one store, pass)   | image's store gone, read-only    |
+//! | disk format | `/v2/schemas/image` `disk_format` enum     | no qcow2                         |
+//! | firmware    | `hw_firmware_type` vs `[publish]`          | differs from the recipe          |
+//! | disk bus    | `hw_disk_bus` vs `[publish]`               | differs; ide or sata             |
+//! | guest agent | `hw_qemu_guest_agent` vs the disk record   | claims a missing agent, or not   |
+//! | boot test   | the local disk's `*.boot-test.json`        | failed (never run: unknown)      |
 //!
 //! Each check is pass, fail or unknown, with what was found and what to do. Unknown is not a
 //! failure: a cloud that does not say (no quota API, a 403) gets no verdict it did not earn.

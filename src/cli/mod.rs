@@ -263,6 +263,35 @@ environment, java, sshd, the configs; results are kept beside the disk."
         #[arg(long, value_name = "FILE", required = true)]
         oci_archive: PathBuf,
     },
+    /// Before launching: check that an image in Glance, a flavor and the cloud fit together.
+    #[command(
+        after_help = "Checks, each pass / fail / unknown with what to do: the image in \
+Glance (by its strata_image_digest, hidden ones included), active and not hidden; flavor disk >= \
+min_disk (disk 0: boot from a volume) and RAM >= min_ram; the image quota (/v2/info/usage); the \
+store (/v2/info/stores); qcow2 among the accepted disk formats; hw_firmware_type, hw_disk_bus and \
+hw_qemu_guest_agent against the recipe and the disk; the local boot test. --flavors takes the \
+JSON of `openstack flavor list --long -f json`; --flavor without it asks Nova. With --flavors and \
+no --flavor, every flavor is weighed and the check fails only when none fits.
+
+Exit codes: 0 nothing failed (unknown is not a failure), 7 a check failed, 2 bad input (unknown \
+image, cloud or flavor, a malformed flavors file), 6 the cloud refused (401, 403)."
+    )]
+    Preflight {
+        /// `recipe:version`, a tag or a manifest digest.
+        image: String,
+        /// A cloud of clouds.yaml (default: OS_CLOUD, else the OS_* variables).
+        #[arg(long, env = "OS_CLOUD", value_name = "NAME")]
+        cloud: Option<String>,
+        /// The flavor to check (name or id): looked up in --flavors, else asked of Nova.
+        #[arg(long, value_name = "NAME")]
+        flavor: Option<String>,
+        /// The output of `openstack flavor list --long -f json` (Nova's lower-case keys too).
+        #[arg(long, value_name = "FILE")]
+        flavors: Option<PathBuf>,
+        /// Seconds to wait for each answer from the cloud.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
 }
 
 const PUBLISH_HELP: &str = "\
@@ -483,6 +512,25 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let rep = inspect::export_oci_archive(&cli.output, images, oci_archive)?;
             show(&cli, &rep, text::export)
+        }
+        Command::Preflight {
+            image,
+            cloud,
+            flavor,
+            flavors,
+            timeout,
+        } => {
+            let rep = crate::publish::preflight::preflight(&crate::publish::preflight::Options {
+                output: cli.output.clone(),
+                image: image.clone(),
+                cloud: cloud.clone(),
+                flavor: flavor.clone(),
+                flavors: flavors.clone(),
+                timeout: std::time::Duration::from_secs(*timeout),
+                quiet: cli.quiet,
+            })?;
+            show(&cli, &rep, text::preflight)?;
+            rep.verdict()
         }
     }
 }

@@ -494,3 +494,55 @@ pub fn publish(rep: &crate::publish::PublishReport) -> String {
     }
     s
 }
+
+pub fn preflight(rep: &crate::publish::preflight::PreflightReport) -> String {
+    use crate::publish::preflight::{Check, Verdict};
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "preflight {} on cloud {} ({})",
+        rep.image, rep.cloud, rep.image_endpoint
+    );
+    let line = |s: &mut String, c: &Check, indent: &str| {
+        let tag = match c.verdict {
+            Verdict::Pass => "pass   ",
+            Verdict::Fail => "FAIL   ",
+            Verdict::Unknown => "unknown",
+        };
+        let _ = writeln!(s, "{indent}[{tag}] {}: {}", c.title, c.found);
+        if let Some(a) = &c.advice {
+            let _ = writeln!(s, "{indent}          → {a}");
+        }
+    };
+    for c in &rep.checks {
+        line(&mut s, c, "  ");
+        if c.id == "flavors" {
+            for f in &rep.flavors {
+                let _ = writeln!(
+                    s,
+                    "      {:<20} {:>7} MiB {:>5} GiB  {}",
+                    f.flavor.name,
+                    f.flavor.ram_mib,
+                    f.flavor.disk_gib,
+                    match (f.fits, f.flavor.disk_gib) {
+                        (true, 0) => "fits (boots from a volume)",
+                        (true, _) => "fits",
+                        (false, _) => "does not fit",
+                    }
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "{} passed, {} failed, {} unknown{}",
+        rep.passed,
+        rep.failed,
+        rep.unknown,
+        rep.flavor_source
+            .as_deref()
+            .map(|f| format!(" (flavors from {f})"))
+            .unwrap_or_default()
+    );
+    s
+}

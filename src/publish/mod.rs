@@ -37,6 +37,7 @@ use crate::support::progress::Progress;
 
 pub mod cloud;
 pub mod glance;
+pub mod preflight;
 pub mod session;
 pub mod upload;
 

@@ -350,15 +350,64 @@ fn glance_direct_import_when_asked() {
     let (Some(lab), Some(cloud)) = (lab(), Cloud::shared(Mode::NoAuth)) else {
         return;
     };
+    let project = "0123456789abcdef0123456789abcdef";
     let out = ok(publish(
         lab,
         &cloud,
         LAB_NOAUTH,
-        &[IMAGE, "--import", "--json"],
+        &[
+            IMAGE,
+            "--import",
+            "--share",
+            project,
+            "--protected",
+            "--json",
+        ],
     ));
     let r = json(&out)["images"][0].clone();
     assert_eq!(r["method"], "glance-direct", "{r:#}");
     assert_eq!(r["verified"], "sha512 and size match");
+    let img = exactly_one_of_our_disk(&cloud, lab);
+    assert_eq!(img["visibility"], "shared", "--share implies shared");
+    assert_eq!(img["protected"], true);
+    let id = img["id"].as_str().unwrap();
+    let (s, members) = cloud.call_json("GET", &format!("/v2/images/{id}/members"), None);
+    assert_eq!(s, 200);
+    assert_eq!(members["members"][0]["member_id"], project, "{members:#}");
+}
+
+#[test]
+fn a_publish_killed_mid_upload_leaves_a_leftover_the_next_run_removes() {
+    let (Some(lab), Some(cloud)) = (lab(), Cloud::shared(Mode::NoAuth)) else {
+        return;
+    };
+    // The upload hangs (the proxy never forwards it) so the kill lands during it: Glance holds
+    // the created image, queued, with no data.
+    let proxy = Proxy::start(cloud.glance_addr());
+    proxy.add(Rule::new(
+        "PUT",
+        "/file",
+        Fault::StallFor(Duration::from_secs(60)),
+    ));
+    let via = cloud.clouds_yaml_via(&proxy.url());
+    let mut c = publish(lab, &cloud, LAB_NOAUTH, &[IMAGE, "-q"]);
+    c.env("OS_CLIENT_CONFIG_FILE", &via);
+    let mut child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !proxy.requests().iter().any(|r| r.method == "PUT") {
+        assert!(std::time::Instant::now() < deadline, "no upload started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = cloud.images_all();
+    assert!(
+        left.len() == 1 && left[0]["status"] == "queued",
+        "{left:#?}"
+    );
+    // The next run finds the id taken by a leftover, removes it and publishes once.
+    let out = ok(publish(lab, &cloud, LAB_NOAUTH, &[IMAGE, "--json"]));
+    assert_eq!(json(&out)["images"][0]["outcome"], "created");
     exactly_one_of_our_disk(&cloud, lab);
 }
 

@@ -173,7 +173,8 @@ fn create_and_send(
     let project = session
         .project_id
         .clone()
-        .unwrap_or_else(|| format!("no-keystone {}", session.image_url));
+        // Without Keystone the project is the one Glance's own configuration gives.
+        .unwrap_or_else(|| "no-keystone".to_owned());
     let mut failures = 0;
     let mut delay = Duration::from_secs(1);
     for n in 0..16 {

@@ -540,3 +540,40 @@ fn bad_input_names_what_to_do() {
     assert_eq!(rep["images"].as_array().unwrap().len(), 9, "{rep:#}");
     assert!(cloud.images_all().is_empty());
 }
+
+#[test]
+fn a_cloud_that_converts_on_import_is_reported_not_called_corruption() {
+    let Some(lab) = lab() else {
+        return;
+    };
+    let Some(cloud) = Cloud::start_with(Mode::NoAuth, &["--convert-to", "raw"]) else {
+        return;
+    };
+    let out = ok(publish(
+        lab,
+        &cloud,
+        LAB_NOAUTH,
+        &[IMAGE, "--import", "--json"],
+    ));
+    let r = json(&out)["images"][0].clone();
+    assert_eq!(r["outcome"], "created", "{r:#}");
+    assert_eq!(r["converted"]["disk-format"], "raw", "{r:#}");
+    assert!(
+        r["verified"].as_str().unwrap().contains("converted"),
+        "{r:#}"
+    );
+    assert!(stderr(&out).is_empty() || !stderr(&out).contains("mismatch"));
+    let all = cloud.images_all();
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["disk_format"], "raw");
+    assert_eq!(all[0]["status"], "active");
+    // The store records the conversion.
+    let mut c = strata(&lab.cache);
+    c.args(["inspect", IMAGE, "--json", "-o"]).arg(&lab.store);
+    let pubs = json(&ok(c))["publications"].clone();
+    let last = pubs.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["outcome"], "converted", "{pubs:#}");
+    // Publishing again: the converted image is found by its image digest; nothing is sent.
+    let out = ok(publish(lab, &cloud, LAB_NOAUTH, &[IMAGE, "--json"]));
+    assert_eq!(json(&out)["images"][0]["outcome"], "already-published");
+}

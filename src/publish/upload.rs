@@ -511,6 +511,16 @@ pub(super) fn wait_active(
             ),
             _ => {}
         }
+        // A failed import puts the image back to `queued` and names the stores that failed.
+        if let Some(failed) = img
+            .prop("os_glance_failed_import")
+            .filter(|f| !f.is_empty())
+        {
+            bail!(
+                "the cloud's import of image {id} failed (os_glance_failed_import: {failed}); \
+                 its tasks say why: GET /v2/images/{id}/tasks"
+            );
+        }
         if img.status != state {
             if !state.is_empty() {
                 progress.say(format!("image {id}: {state} → {}", img.status));

@@ -143,13 +143,19 @@ pub fn venv() -> Option<PathBuf> {
 impl Cloud {
     /// Starts a deployment of its own in a temp dir; stopped when dropped. None: skipped.
     pub fn start(mode: Mode) -> Option<Cloud> {
+        Cloud::start_with(mode, &[])
+    }
+
+    /// [`Cloud::start`] with more arguments for `tests/cloud/up` (e.g. `--convert-to raw`: an
+    /// import plugin that converts qcow2 on import, as a Ceph-backed cloud does).
+    pub fn start_with(mode: Mode, extra: &[&str]) -> Option<Cloud> {
         let venv = venv()?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("strata-cloud-{}-", mode.arg()))
             .tempdir()
             .unwrap();
         let state = dir.path().join("state");
-        let mut cloud = Cloud::up(mode, &venv, &state);
+        let mut cloud = Cloud::up(mode, &venv, &state, extra);
         cloud.owned = Some(dir);
         Some(cloud)
     }
@@ -183,17 +189,18 @@ impl Cloud {
                 }
                 std::fs::remove_dir_all(&state).unwrap();
             }
-            Cloud::up(mode, &venv, &state)
+            Cloud::up(mode, &venv, &state, &[])
         });
         cloud.delete_all();
         Some(SharedCloud { cloud, _turn: turn })
     }
 
-    fn up(mode: Mode, venv: &Path, state: &Path) -> Cloud {
+    fn up(mode: Mode, venv: &Path, state: &Path, extra: &[&str]) -> Cloud {
         let out = Command::new(venv.join("bin/python"))
             .arg(super::repo().join("tests/cloud/up"))
             .arg(state)
             .arg(mode.arg())
+            .args(extra)
             .arg("--venv")
             .arg(venv)
             .arg("--watch-pid")

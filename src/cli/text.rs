@@ -463,6 +463,19 @@ pub fn publish(rep: &crate::publish::PublishReport) -> String {
                 c.size.map(human).unwrap_or("unknown".into())
             );
         }
+        if i.outcome == Outcome::WouldCreate && !i.properties.is_empty() {
+            let props: Vec<String> = i
+                .properties
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  visibility {}, properties: {}",
+                i.visibility,
+                props.join(" ")
+            );
+        }
         let _ = writeln!(s, "  boot test of this disk: {}", i.boot_test);
         let verb = if rep.dry_run { "would hide" } else { "hidden" };
         if !i.hidden.is_empty() {

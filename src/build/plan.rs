@@ -130,7 +130,7 @@ impl Inputs {
             }
         };
         let key = if recipe.layers.iter().any(|l| l.accounts) {
-            Some(keys::cluster_key(&recipe.name, recipe.ssh_key.as_deref())?)
+            Some(keys::cluster_key(&recipe.name, recipe.ssh.key.as_deref())?)
         } else {
             None
         };
@@ -159,7 +159,7 @@ impl Inputs {
             }
         };
         let key = if recipe.layers.iter().any(|l| l.accounts) {
-            keys::find(&recipe.name, recipe.ssh_key.as_deref())?
+            keys::find(&recipe.name, recipe.ssh.key.as_deref())?
         } else {
             None
         };

@@ -459,6 +459,10 @@ fn lab_disk_boots_on_bios_and_uefi_with_no_failed_units() {
     assert_eq!(fw, ["bios", "uefi"]);
     for t in tests {
         assert_eq!(t["passed"], true, "{t:#}");
+        assert!(
+            t.get("key-delivery").is_none(),
+            "the image carries its key: nothing to deliver"
+        );
         for (k, v) in [
             ("state", "running"),
             ("failed", "none"),

@@ -12,8 +12,9 @@
 //!  ├─▶ build/    plan (pure) → produce layers → commit to the store          ┐ commands: they
 //!  ├─▶ inspect/  ls, inspect, diff, verify, gc, export                       │ never import
 //!  ├─▶ report/   sizes, sharing, budgets; text, JSON, HTML page            │ each other
-//!  └─▶ disk/     flatten → ext4/GPT/UKI/GRUB → qcow2; boot test            ┘
-//!        │        (publish/ — Glance, preflight, push/pull, Docker — goes here next)
+//!  ├─▶ disk/     flatten → ext4/GPT/UKI/GRUB → qcow2; boot test            │
+//!  └─▶ publish/  clouds.yaml + Keystone, Glance upload/verify/rotate,     ┘
+//!        │        preflight (push/pull and Docker go beside it)
 //!        ▼
 //! source/     where a layer's entries come from: base and JDK root filesystems (mmdebstrap,
 //!             tarballs), downloads, directory templates, accounts, the cluster key
@@ -46,6 +47,7 @@ pub(crate) mod inspect;
 pub mod layer;
 pub(crate) mod oci;
 pub(crate) mod policy;
+pub mod publish;
 pub mod recipe;
 pub(crate) mod report;
 pub mod source;

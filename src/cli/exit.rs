@@ -1,6 +1,8 @@
 //! # Exit codes: one mapping from an error chain to the code the README documents
 
 use crate::policy::BudgetExceeded;
+use crate::publish::preflight::PreflightFailed;
+use crate::publish::session::CloudError;
 use crate::support::error::{BadInput, ChecksumMismatch, Damaged, Located, exit};
 
 /// Picks the exit code for an error chain: the first typed cause decides.
@@ -17,6 +19,14 @@ pub fn code(err: &anyhow::Error) -> u8 {
         }
         if cause.is::<BudgetExceeded>() {
             return exit::BUDGET;
+        }
+        if cause.is::<PreflightFailed>() {
+            return exit::PREFLIGHT;
+        }
+        if let Some(CloudError::Status { status, .. }) = cause.downcast_ref::<CloudError>()
+            && matches!(status, 400 | 401 | 403 | 413 | 415)
+        {
+            return exit::CLOUD_REFUSED;
         }
     }
     exit::FAILURE

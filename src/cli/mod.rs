@@ -30,6 +30,7 @@ Quick start:
   strata diff hadoop-lab:3.3.6 hadoop-lab:3.4.1
   strata verify                     re-hash every blob, check every manifest
   strata disk hadoop-lab:3.3.6 --boot-test
+  strata publish hadoop-lab:3.3.6 --cloud lab     upload its disk to Glance, verified
 
 Environment:
   SOURCE_DATE_EPOCH  overrides the recipe's `epoch`: timestamps in layers, configs and the
@@ -38,9 +39,11 @@ Environment:
   STRATA_SSH_KEY     the cluster's SSH private key (default: generated once under
                      ~/.local/share/strata/cluster-keys/<recipe>/)
   CI                 plain progress lines instead of bars
+  OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_AUTH_URL, OS_*   the cloud for publish (as openstack's)
 
 Exit codes: 0 ok, 1 failure (a tool, the network, the disk), 2 bad input (recipe, arguments,
-template, tarball), 3 checksum mismatch, 4 damaged store (verify, report), 5 budget exceeded.";
+template, tarball, clouds.yaml), 3 checksum mismatch, 4 damaged store (verify, report), 5 budget
+exceeded, 6 the cloud refused (401, 403, quota, format), 7 a preflight check failed.";
 
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about = "Build reproducible, content-addressed OCI images for many Hadoop versions from declarative recipes", after_help = AFTER_HELP)]
@@ -188,6 +191,54 @@ STRATA_SSH_KEY, or the one the build used). Results are kept beside the disk."
         #[arg(long, value_enum)]
         compress: Option<QcowCompression>,
     },
+    /// Upload an image's bootable disk to OpenStack Glance: verified, idempotent, never
+    /// overwriting.
+    #[command(after_help = PUBLISH_HELP)]
+    Publish {
+        /// `recipe:version`, a tag or a manifest digest (repeatable); or --all.
+        images: Vec<String>,
+        /// Every image of the store whose bytes are not in Glance yet (what CI runs after a
+        /// release).
+        #[arg(long, conflicts_with = "images")]
+        all: bool,
+        /// A cloud of clouds.yaml (default: OS_CLOUD, else the OS_* variables).
+        #[arg(long, env = "OS_CLOUD", value_name = "NAME")]
+        cloud: Option<String>,
+        /// Who may see the image.
+        #[arg(long, value_enum, default_value = "private")]
+        visibility: crate::publish::Visibility,
+        /// Share with this project (an image member; implies --visibility shared). Repeatable.
+        #[arg(long = "share", value_name = "PROJECT_ID")]
+        members: Vec<String>,
+        /// Mark the image protected (it cannot be deleted until unprotected).
+        #[arg(long)]
+        protected: bool,
+        /// A Glance tag, on top of the recipe's [publish] tags. Repeatable.
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Use the interoperable import (glance-direct) when the cloud offers it.
+        #[arg(long)]
+        import: bool,
+        /// Say what would be created, hidden and left alone; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How many images of one name stay visible (default: the recipe's [publish] keep, 3).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        keep: Option<u32>,
+        /// Delete older images beyond --keep instead of hiding them.
+        #[arg(long)]
+        prune: bool,
+        /// Allow public or community visibility for an image carrying the cluster's private key.
+        #[arg(long)]
+        allow_private_key: bool,
+        /// Seconds to wait for each answer from the cloud.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+        /// Seconds an image may stay in one state (queued, saving, importing) before strata
+        /// gives up.
+        #[arg(long, default_value_t = 600, value_name = "SECS")]
+        wait: u64,
+    },
     /// List the images of the store.
     Ls,
     /// Show an image: layers, sizes, which images share each layer, labels, packages.
@@ -214,7 +265,54 @@ STRATA_SSH_KEY, or the one the build used). Results are kept beside the disk."
         #[arg(long, value_name = "FILE", required = true)]
         oci_archive: PathBuf,
     },
+    /// Before launching: check that an image in Glance, a flavor and the cloud fit together.
+    #[command(
+        after_help = "Checks, each pass / fail / unknown with what to do: the image in \
+Glance (by its strata_image_digest, hidden ones included), active and not hidden; flavor disk >= \
+min_disk (disk 0: boot from a volume) and RAM >= min_ram; the image quota (/v2/info/usage); the \
+store (/v2/info/stores); qcow2 among the accepted disk formats; hw_firmware_type, hw_disk_bus and \
+hw_qemu_guest_agent against the recipe and the disk; the local boot test. --flavors takes the \
+JSON of `openstack flavor list --long -f json`; --flavor without it asks Nova. With --flavors and \
+no --flavor, every flavor is weighed and the check fails only when none fits.
+
+Exit codes: 0 nothing failed (unknown is not a failure), 7 a check failed, 2 bad input (unknown \
+image, cloud or flavor, a malformed flavors file), 6 the cloud refused (401, 403)."
+    )]
+    Preflight {
+        /// `recipe:version`, a tag or a manifest digest.
+        image: String,
+        /// A cloud of clouds.yaml (default: OS_CLOUD, else the OS_* variables).
+        #[arg(long, env = "OS_CLOUD", value_name = "NAME")]
+        cloud: Option<String>,
+        /// The flavor to check (name or id): looked up in --flavors, else asked of Nova.
+        #[arg(long, value_name = "NAME")]
+        flavor: Option<String>,
+        /// The output of `openstack flavor list --long -f json` (Nova's lower-case keys too).
+        #[arg(long, value_name = "FILE")]
+        flavors: Option<PathBuf>,
+        /// Seconds to wait for each answer from the cloud.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
 }
+
+const PUBLISH_HELP: &str = "\
+The disk (DIR/disks/<recipe>_<version>.qcow2) is made first when it is missing or older than the
+image, as `strata disk` makes it. In Glance the image is named <recipe>-<version>
+(hadoop-lab-3.3.6) and carries hadoop_version, strata_recipe, strata_image_digest,
+strata_disk_sha256, os_distro, os_version, hw_* properties, min_disk and the recipe's min_ram.
+
+An image whose bytes are already active in the project is not uploaded again (exit 0). A new build
+of a name is a new image; once it is verified, older images of that name beyond --keep are hidden
+(os_hidden), deleted only with --prune. After any failure Glance holds nothing new.
+
+Auth is the openstack CLI's: clouds.yaml + secure.yaml (OS_CLIENT_CONFIG_FILE, ./,
+~/.config/openstack/, /etc/openstack/), --cloud or OS_CLOUD, or the OS_* variables; password,
+v3applicationcredential, token, or `auth_type: none` with `image_endpoint_override`.
+
+Exit codes: 0 published or already there, 1 failure (network, timeout, a stuck image), 2 bad input
+(unknown cloud, clouds.yaml, an image not built, a key-carrying image made public), 3 Glance's hash
+or size differs from the disk (the image was deleted), 6 the cloud refused (401, 403, quota).";
 
 // Only `cli` writes to stdout (the crate's lints refuse `print!` elsewhere).
 #[allow(clippy::print_stdout)]
@@ -252,6 +350,32 @@ fn show<T: serde::Serialize>(cli: &Cli, v: &T, text: impl FnOnce(&T) -> String) 
         print!("{}", text(v));
         Ok(())
     }
+}
+
+/// The image's disk, made (as `strata disk` makes it, without a boot test) when it is missing
+/// or was made from another build of the image.
+fn ensure_disk(cli: &Cli, image: &str) -> Result<crate::oci::disks::DiskRecord> {
+    use crate::oci::disks;
+    let manifest = crate::oci::view::View::open(&cli.output)?.find(image)?.1;
+    if let Some(rec) = disks::read_record(&cli.output, image)?
+        && disks::is_current(&cli.output, &rec, manifest.digest())
+    {
+        return Ok(rec);
+    }
+    crate::disk::disk(&crate::disk::Options {
+        output: cli.output.clone(),
+        image: image.to_owned(),
+        boot_test: false,
+        firmware: vec![],
+        quiet: cli.quiet,
+        boot_timeout: std::time::Duration::from_secs(300),
+        flavor_disk: None,
+        overlay: false,
+        disk_budget: None,
+        compress: None,
+    })?;
+    disks::read_record(&cli.output, image)?
+        .ok_or_else(|| anyhow::anyhow!("`strata disk {image}` wrote no disk record"))
 }
 
 /// Runs a parsed command line.
@@ -324,6 +448,55 @@ pub fn run(cli: Cli) -> Result<()> {
             })?;
             show(&cli, &rep, text::disk)
         }
+        Command::Publish {
+            images,
+            all,
+            cloud,
+            visibility,
+            members,
+            protected,
+            tags,
+            import,
+            dry_run,
+            keep,
+            prune,
+            allow_private_key,
+            timeout,
+            wait,
+        } => {
+            let images = if *all {
+                inspect::ls(&cli.output)?
+                    .into_iter()
+                    .map(|i| i.name)
+                    .collect()
+            } else if images.is_empty() {
+                return Err(crate::support::error::BadInput(
+                    "name the images to publish (e.g. hadoop-lab:3.3.6), or pass --all".into(),
+                )
+                .into());
+            } else {
+                images.clone()
+            };
+            let opts = crate::publish::Options {
+                output: cli.output.clone(),
+                cloud: cloud.clone(),
+                visibility: *visibility,
+                protected: *protected,
+                members: members.clone(),
+                tags: tags.clone(),
+                import: *import,
+                dry_run: *dry_run,
+                prune: *prune,
+                keep: keep.map(|k| k as usize),
+                allow_private_key: *allow_private_key,
+                timeout: std::time::Duration::from_secs(*timeout),
+                wait: std::time::Duration::from_secs(*wait),
+                quiet: cli.quiet,
+            };
+            let ensure_disk = |image: &str| ensure_disk(&cli, image);
+            let rep = crate::publish::publish(&opts, &images, &ensure_disk)?;
+            show(&cli, &rep, text::publish)
+        }
         Command::Ls => show(&cli, &inspect::ls(&cli.output)?, |r| text::ls(r.as_slice())),
         Command::Inspect { image } => {
             show(&cli, &inspect::inspect(&cli.output, image)?, text::inspect)
@@ -341,6 +514,25 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let rep = inspect::export_oci_archive(&cli.output, images, oci_archive)?;
             show(&cli, &rep, text::export)
+        }
+        Command::Preflight {
+            image,
+            cloud,
+            flavor,
+            flavors,
+            timeout,
+        } => {
+            let rep = crate::publish::preflight::preflight(&crate::publish::preflight::Options {
+                output: cli.output.clone(),
+                image: image.clone(),
+                cloud: cloud.clone(),
+                flavor: flavor.clone(),
+                flavors: flavors.clone(),
+                timeout: std::time::Duration::from_secs(*timeout),
+                quiet: cli.quiet,
+            })?;
+            show(&cli, &rep, text::preflight)?;
+            rep.verdict()
         }
     }
 }

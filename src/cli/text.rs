@@ -338,6 +338,22 @@ pub fn inspect(i: &Inspection) -> String {
             let _ = writeln!(s, "  {}", row.trim_end());
         }
     }
+    if !i.publications.is_empty() {
+        let _ = writeln!(s, "\nPublished:");
+        for p in &i.publications {
+            let _ = writeln!(
+                s,
+                "  {}  cloud {}  {} {} ({}, {}, disk {})",
+                p.time,
+                p.cloud,
+                p.glance_name,
+                p.glance_id,
+                p.outcome,
+                p.visibility,
+                short(p.disk_sha256.as_ref())
+            );
+        }
+    }
     s
 }
 
@@ -418,4 +434,125 @@ pub fn export(rep: &ExportReport) -> String {
         human(rep.bytes),
         rep.file.display()
     )
+}
+
+pub fn publish(rep: &crate::publish::PublishReport) -> String {
+    use crate::publish::Outcome;
+    let mut s = String::new();
+    for i in &rep.images {
+        let what = match i.outcome {
+            Outcome::Created => "published",
+            Outcome::AlreadyPublished => "already published (nothing uploaded)",
+            Outcome::PublishedByAnotherRun => "published by another run at the same time",
+            Outcome::WouldCreate => "would be published (dry run)",
+        };
+        let _ = writeln!(
+            s,
+            "{} → {} {} on {}: {what}",
+            i.image,
+            i.glance_name,
+            i.glance_id.as_deref().unwrap_or("(new id)"),
+            rep.cloud
+        );
+        if i.outcome == Outcome::Created {
+            let _ = writeln!(
+                s,
+                "  {} sent in {:.1}s ({}/s), {}, visibility {}",
+                human(i.bytes_sent),
+                i.seconds,
+                human((i.bytes_sent as f64 / i.seconds.max(0.001)) as u64),
+                i.verified.as_deref().unwrap_or("not verified"),
+                i.visibility
+            );
+        }
+        if let Some(c) = &i.converted {
+            let _ = writeln!(
+                s,
+                "  the cloud converted it to {} on import (size {}): not corruption",
+                c.disk_format,
+                c.size.map(human).unwrap_or("unknown".into())
+            );
+        }
+        let _ = writeln!(s, "  boot test of this disk: {}", i.boot_test);
+        let verb = if rep.dry_run { "would hide" } else { "hidden" };
+        if !i.hidden.is_empty() {
+            let _ = writeln!(s, "  older images {verb}: {}", i.hidden.join(", "));
+        }
+        let verb = if rep.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        if !i.pruned.is_empty() {
+            let _ = writeln!(
+                s,
+                "  older images {verb} (--prune): {}",
+                i.pruned.join(", ")
+            );
+        }
+        if !i.kept.is_empty() {
+            let _ = writeln!(s, "  older images left visible: {}", i.kept.join(", "));
+        }
+        if let Some(u) = &i.user_data {
+            let _ = writeln!(
+                s,
+                "  keys at boot: openstack server create --image {} --user-data {} …",
+                i.glance_name,
+                u.display()
+            );
+        }
+    }
+    s
+}
+
+pub fn preflight(rep: &crate::publish::preflight::PreflightReport) -> String {
+    use crate::publish::preflight::{Check, Verdict};
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "preflight {} on cloud {} ({})",
+        rep.image, rep.cloud, rep.image_endpoint
+    );
+    let line = |s: &mut String, c: &Check, indent: &str| {
+        let tag = match c.verdict {
+            Verdict::Pass => "pass   ",
+            Verdict::Fail => "FAIL   ",
+            Verdict::Unknown => "unknown",
+        };
+        let _ = writeln!(s, "{indent}[{tag}] {}: {}", c.title, c.found);
+        if let Some(a) = &c.advice {
+            let _ = writeln!(s, "{indent}          → {a}");
+        }
+    };
+    for c in &rep.checks {
+        line(&mut s, c, "  ");
+        if c.id == "flavors" {
+            for f in &rep.flavors {
+                let _ = writeln!(
+                    s,
+                    "      {:<20} {:>7} MiB {:>5} GiB  {}",
+                    f.flavor.name,
+                    f.flavor.ram_mib,
+                    f.flavor.disk_gib,
+                    match (f.fits, f.flavor.disk_gib) {
+                        (true, 0) => "fits (boots from a volume)",
+                        (true, _) => "fits",
+                        (false, _) => "does not fit",
+                    }
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "{} passed, {} failed, {} unknown{}",
+        rep.passed,
+        rep.failed,
+        rep.unknown,
+        rep.flavor_source
+            .as_deref()
+            .map(|f| format!(" (flavors from {f})"))
+            .unwrap_or_default()
+    );
+    s
 }

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::layer::{self, Entry};
+use crate::oci::disks::{self, DiskRecord};
 use crate::oci::image::{LABEL_KEY_FINGERPRINT, LABEL_SSH_DELIVER, split_name};
 use crate::oci::view::View;
 use crate::policy::{BudgetExceeded, Check, Enforce, Verdicts};
@@ -59,7 +60,7 @@ use assemble::{Boot, ROOT_START, SECTOR};
 pub use boot::{BootResult, CHECK_MARKER, boot_test};
 pub use flatten::flatten_split;
 
-pub const DISKS_DIR: &str = "disks";
+pub use crate::oci::disks::DISKS_DIR;
 /// The tools a disk build runs (the boot test adds `qemu-system-x86_64`).
 pub const TOOLS: [&str; 8] = [
     "mke2fs",
@@ -358,7 +359,12 @@ fn boot_files(head: &[Entry], tail: &[Entry]) -> Result<(Vec<u8>, Vec<u8>, Vec<u
         .collect();
     let kernel = flatten::file_bytes(&by_path, "vmlinuz", "kernel")?;
     let initrd = flatten::file_bytes(&by_path, "initrd.img", "initramfs")?;
-    let osrel = flatten::file_bytes(&by_path, "etc/os-release", "os-release").unwrap_or_default();
+    // Debian's /etc/os-release is a link to /usr/lib/os-release.
+    let osrel = flatten::file_bytes(&by_path, "etc/os-release", "os-release")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .or_else(|| flatten::file_bytes(&by_path, "usr/lib/os-release", "os-release").ok())
+        .unwrap_or_default();
     Ok((kernel, initrd, osrel))
 }
 
@@ -432,6 +438,11 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
     ));
     let root_size = root_size(&src.spec, &rootfs)?;
     let (kernel, initrd, osrel) = boot_files(&rootfs.head, &tail)?;
+    let guest_agent = rootfs
+        .head
+        .iter()
+        .chain(&tail)
+        .any(|e| e.path == "usr/sbin/qemu-ga" || e.path == "usr/bin/qemu-ga");
     drop(tail);
     let extra: String = src.spec.cmdline.iter().map(|a| format!(" {a}")).collect();
     let boot = Boot {
@@ -461,6 +472,8 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
     fsx::rename(&tmp_qcow, &dest)?;
     let qcow2_bytes = fsx::metadata(&dest)?.len();
     task.finish(human(qcow2_bytes));
+    let virtual_size = total * SECTOR;
+    record_disk(&opts.output, &src, &dest, &osrel, virtual_size, guest_agent)?;
 
     let overlay = if opts.overlay {
         let o = Overlay {
@@ -475,7 +488,6 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
     } else {
         None
     };
-    let virtual_size = total * SECTOR;
     let mut report = DiskReport {
         image: name.clone(),
         manifest: src.digest.to_string(),
@@ -503,6 +515,45 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         t.run(opts, &mut report, &progress)?;
     }
     Ok(report)
+}
+
+/// Writes the disk's record (what `publish` reads) beside it.
+fn record_disk(
+    store: &Path,
+    src: &Source,
+    disk: &Path,
+    osrel: &[u8],
+    virtual_size: u64,
+    guest_agent: bool,
+) -> Result<()> {
+    let (sha256, bytes) =
+        crate::support::hash::hash_reader(std::io::BufReader::new(fsx::open(disk)?))
+            .with_context(|| format!("hashing {disk:?}"))?;
+    let osrel = String::from_utf8_lossy(osrel);
+    let field = |key: &str| {
+        osrel.lines().find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|r| r.strip_prefix('='))
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+    };
+    let rec = DiskRecord {
+        image: src.name.clone(),
+        manifest: src.digest.clone(),
+        file: disk
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256,
+        bytes,
+        mtime: disks::mtime_of(disk)?,
+        virtual_size,
+        min_disk_gib: virtual_size.div_ceil(1 << 30),
+        os_distro: field("ID"),
+        os_version: field("VERSION_ID"),
+        guest_agent,
+    };
+    disks::write_record(store, &rec)
 }
 
 /// The shared base disk (once per recipe and shared layers) and a version as an overlay on it.

@@ -75,6 +75,8 @@ pub struct Inspection {
     pub keys_at_boot: bool,
     pub layers: Vec<InspectLayer>,
     pub packages: Vec<(String, String)>,
+    /// Where this image was published (`strata publish`), oldest first.
+    pub publications: Vec<crate::oci::disks::Publication>,
 }
 
 #[derive(Debug, Serialize)]
@@ -154,6 +156,10 @@ pub fn inspect(root: &Path, image: &str) -> Result<Inspection> {
         cmd: c.cmd().clone(),
         layers,
         packages,
+        publications: crate::oci::disks::read_publications(root)?
+            .into_iter()
+            .filter(|p| p.image == name)
+            .collect(),
     })
 }
 

@@ -5,6 +5,7 @@
 //! entries; [`record`] is the typed, versioned store record (what later commands need without the
 //! recipe); [`view`] is a read-only view of a store's images.
 
+pub mod disks;
 pub mod image;
 pub mod record;
 pub mod store;

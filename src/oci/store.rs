@@ -140,11 +140,12 @@ impl Store {
     /// Opens an existing store; a clear error if there is none.
     pub fn open(root: &Path) -> Result<Store> {
         if !root.join(OCI_LAYOUT).is_file() || !root.join(INDEX_JSON).is_file() {
-            bail!(
+            return Err(crate::support::error::BadInput(format!(
                 "{} is not a strata store (no oci-layout/index.json): run `strata build -o {}` first",
                 root.display(),
                 root.display()
-            );
+            ))
+            .into());
         }
         Ok(Store {
             root: root.to_path_buf(),

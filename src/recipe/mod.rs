@@ -153,6 +153,33 @@ pub struct Dist {
     pub sha512: BTreeMap<String, String>,
 }
 
+/// How a recipe's disks are published to Glance (`[publish]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PublishSpec {
+    /// Glance's `min_ram`.
+    pub min_ram: Option<Size>,
+    /// How many images of one name stay visible (older ones are hidden, never deleted
+    /// unless `--prune`).
+    pub keep: usize,
+    /// `hw_firmware_type=uefi` when true (the disk boots both ways).
+    pub uefi: bool,
+    pub disk_bus: String,
+    pub tags: Vec<String>,
+}
+
+impl Default for PublishSpec {
+    fn default() -> Self {
+        PublishSpec {
+            min_ram: None,
+            keep: 3,
+            uefi: false,
+            disk_bus: "virtio".into(),
+            tags: vec![],
+        }
+    }
+}
+
 /// A validated recipe, with the catalogue facts of its versions.
 #[derive(Debug, Clone)]
 pub struct Recipe {
@@ -180,6 +207,7 @@ pub struct Recipe {
     pub image: ImageSettings,
     pub policy: Policy,
     pub disk: Option<DiskSpec>,
+    pub publish: PublishSpec,
     /// `[base] exclude-docs` (None for non-mmdebstrap bases), for advice.
     pub excludes_docs: Option<bool>,
     pub catalogue: Catalogue,
@@ -283,6 +311,9 @@ pub struct Settings {
     pub dist: Option<Dist>,
     #[serde(default)]
     pub disk: Option<DiskSpec>,
+    /// Absent in records written before `[publish]` existed: the defaults.
+    #[serde(default)]
+    pub publish: PublishSpec,
     /// Recorded only for `deliver = "boot"`: the record of an `image` recipe keeps its bytes.
     #[serde(default, skip_serializing_if = "Ssh::is_image")]
     pub ssh: Ssh,
@@ -387,6 +418,7 @@ impl Recipe {
             excludes_docs: self.excludes_docs,
             dist: self.dist.clone(),
             disk: self.disk.clone(),
+            publish: self.publish.clone(),
             ssh: self.ssh.clone(),
         }
     }

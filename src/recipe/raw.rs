@@ -35,6 +35,29 @@ pub struct RawRecipe {
     pub policy: Option<Spanned<RawPolicy>>,
     #[serde(default)]
     pub disk: Option<Spanned<RawDisk>>,
+    #[serde(default)]
+    pub publish: Option<Spanned<RawPublish>>,
+}
+
+/// `[publish]`: how disks of this recipe go to Glance.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPublish {
+    /// Glance's `min_ram`: what a node of this recipe needs.
+    #[serde(default)]
+    pub min_ram: Option<Spanned<RawSize>>,
+    /// How many images of one name stay visible; older ones are hidden.
+    #[serde(default)]
+    pub keep: Option<Spanned<i64>>,
+    /// `bios` (OpenStack's default) or `uefi` (sets `hw_firmware_type=uefi`).
+    #[serde(default)]
+    pub firmware: Option<Spanned<String>>,
+    /// `hw_disk_bus`: virtio (default) or scsi.
+    #[serde(default)]
+    pub disk_bus: Option<Spanned<String>>,
+    /// Glance tags of every published image.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -50,6 +50,7 @@ pub fn validate(
     let dist = dist(&cx, raw.dist.as_ref(), &versions, catalogue, root)?;
     let policy = policy(&cx, raw)?;
     let disk = disk(&cx, raw.disk.as_ref(), &base)?;
+    let publish = publish(&cx, raw.publish.as_ref())?;
     let header = raw.recipe.get_ref();
     Ok(Recipe {
         file: file.to_path_buf(),
@@ -76,6 +77,7 @@ pub fn validate(
         image: image(raw.image.as_ref()),
         policy,
         disk,
+        publish,
         epoch_source: EpochSource::Recipe,
         catalogue: catalogue.clone(),
     })
@@ -700,6 +702,66 @@ fn disk(
         cmdline: d.cmdline.clone(),
         budget,
     }))
+}
+
+/// `[publish]`: Glance properties and how many images of a name stay visible.
+fn publish(cx: &Ctx, raw: Option<&Spanned<RawPublish>>) -> Result<PublishSpec, Located> {
+    let Some(rp) = raw else {
+        return Ok(PublishSpec::default());
+    };
+    let p = rp.get_ref();
+    let mut spec = PublishSpec {
+        tags: p.tags.clone(),
+        ..PublishSpec::default()
+    };
+    if let Some(m) = &p.min_ram {
+        spec.min_ram = Some(size(cx, m, "publish.min-ram")?);
+    }
+    if let Some(k) = &p.keep {
+        let n = *k.get_ref();
+        if !(1..=1000).contains(&n) {
+            return Err(cx.err(
+                k.span(),
+                "publish.keep",
+                format!("{n} is not between 1 and 1000 (how many images of a name stay visible)"),
+            ));
+        }
+        spec.keep = n as usize;
+    }
+    if let Some(f) = &p.firmware {
+        spec.uefi = match f.get_ref().as_str() {
+            "bios" => false,
+            "uefi" => true,
+            other => {
+                return Err(cx.err(
+                    f.span(),
+                    "publish.firmware",
+                    format!("{other:?} is not \"bios\" or \"uefi\""),
+                ));
+            }
+        };
+    }
+    if let Some(b) = &p.disk_bus {
+        let bus = b.get_ref().as_str();
+        if !["virtio", "scsi", "ide", "sata"].contains(&bus) {
+            return Err(cx.err(
+                b.span(),
+                "publish.disk-bus",
+                format!("{bus:?} is not one of virtio, scsi, ide, sata"),
+            ));
+        }
+        spec.disk_bus = bus.to_owned();
+    }
+    for t in &p.tags {
+        if t.is_empty() || t.len() > 255 {
+            return Err(cx.err(
+                rp.span(),
+                "publish.tags",
+                format!("tag {t:?} must be 1 to 255 characters (Glance's limit)"),
+            ));
+        }
+    }
+    Ok(spec)
 }
 
 /// `[image]`: the runtime settings of every image's config.

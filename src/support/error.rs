@@ -19,6 +19,10 @@ pub mod exit {
     pub const DAMAGED: u8 = 4;
     /// A size budget or the reuse floor is broken (`enforce = "fail"`).
     pub const BUDGET: u8 = 5;
+    /// The cloud refused the request: authentication, permission, quota, format.
+    pub const CLOUD_REFUSED: u8 = 6;
+    /// `preflight`: a launch check failed.
+    pub const PREFLIGHT: u8 = 7;
 }
 
 /// An input strata cannot use that is not located in a file by line (an unknown image name, a

@@ -1,7 +1,11 @@
 //! Shared helpers of the integration tests: run the real `strata` binary in temp dirs, make the
 //! tiny reference project (a small rootfs and JDK tarball made here, the repo's layers and
-//! catalogue), snapshot a store's bytes, check for tools.
+//! catalogue), snapshot a store's bytes, check for tools; a real Glance and Keystone (`cloud`)
+//! and a fault proxy in front of them (`proxy`).
 #![allow(dead_code)]
+
+pub mod cloud;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

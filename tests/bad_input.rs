@@ -434,3 +434,34 @@ fn a_release_download_that_is_not_a_tarball() {
         &["not a tar"],
     );
 }
+
+#[test]
+fn an_unknown_key_delivery_names_the_choices() {
+    refused(
+        |p| p.edit_recipe(|s| s + "\n[ssh]\ndeliver = \"boots\"\n"),
+        2,
+        &[
+            "tiny.toml:",
+            "ssh.deliver: unknown delivery \"boots\": expected \"image\"",
+            "did you mean \"boot\"?",
+        ],
+    );
+}
+
+#[test]
+fn a_private_key_in_a_layer_of_a_boot_delivery_image_is_refused() {
+    refused(
+        |p| {
+            p.edit_recipe(|s| s + "\n[ssh]\ndeliver = \"boot\"\n");
+            std::fs::copy(
+                fixture_key(),
+                p.root().join("layers/user-env/root/etc/strata/leaked-key"),
+            )
+            .unwrap();
+        },
+        2,
+        &[
+            "tiny:2.10.2: [ssh] deliver = \"boot\" promises images without a private key, but layer user-env holds one",
+        ],
+    );
+}

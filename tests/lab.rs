@@ -459,6 +459,10 @@ fn lab_disk_boots_on_bios_and_uefi_with_no_failed_units() {
     assert_eq!(fw, ["bios", "uefi"]);
     for t in tests {
         assert_eq!(t["passed"], true, "{t:#}");
+        assert!(
+            t.get("key-delivery").is_none(),
+            "the image carries its key: nothing to deliver"
+        );
         for (k, v) in [
             ("state", "running"),
             ("failed", "none"),
@@ -609,5 +613,342 @@ fn lab_disk_on_a_full_file_system_fails_cleanly() {
     assert!(
         left.is_empty(),
         "no partial disk or work files left: {left:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// The lab with `[ssh] deliver = "boot"`: two versions (one alone would have no shared layers
+// and break the per-version budget), built on the lab's cache (base, JDK and disk packages come
+// from it; only the accounts layer and the versions' configs are new); 3.3.6 is boot-tested.
+
+struct Public {
+    store: PathBuf,
+    cache: PathBuf,
+    report: serde_json::Value,
+}
+
+const PUBLIC: &str = "hadoop-lab-public:3.3.6";
+
+/// recipes/lab.toml as a public variant: its own name, two versions, keys delivered at boot.
+fn public_recipe(dir: &std::path::Path) -> PathBuf {
+    let lab = std::fs::read_to_string(repo().join("recipes/lab.toml")).unwrap();
+    let mut src = lab.clone();
+    for (from, to) in [
+        (
+            "[recipe]\n",
+            format!("[recipe]\nroot = \"{}\"\n", repo().display()),
+        ),
+        (
+            "name = \"hadoop-lab\"\n",
+            "name = \"hadoop-lab-public\"\n".into(),
+        ),
+        (
+            "versions = \"all\"",
+            "versions = [\"3.3.6\", \"3.4.1\"]".into(),
+        ),
+    ] {
+        assert!(
+            src.contains(from),
+            "recipes/lab.toml no longer has {from:?}"
+        );
+        src = src.replacen(from, &to, 1);
+    }
+    assert!(!lab.contains("[ssh]"), "recipes/lab.toml has [ssh] now");
+    src.push_str("\n[ssh]\ndeliver = \"boot\"\n");
+    let path = dir.join("lab-public.toml");
+    std::fs::write(&path, src).unwrap();
+    path
+}
+
+fn public() -> Option<&'static Public> {
+    static PUBLIC: OnceLock<Option<Public>> = OnceLock::new();
+    PUBLIC
+        .get_or_init(|| {
+            let lab = lab()?;
+            let dir = repo().join("target/lab-test");
+            let store = dir.join("public-output");
+            let _ = std::fs::remove_dir_all(&store);
+            let recipe = public_recipe(&dir);
+            let mut c = strata(&lab.cache);
+            c.arg("build")
+                .arg(&recipe)
+                .args(["--json", "-o"])
+                .arg(&store);
+            let start = std::time::Instant::now();
+            let out = ok(c);
+            eprintln!(
+                "the public variant built in {:.1}s on the lab's cache",
+                start.elapsed().as_secs_f64()
+            );
+            Some(Public {
+                store,
+                cache: lab.cache.clone(),
+                report: json(&out),
+            })
+        })
+        .as_ref()
+}
+
+fn config(store: &std::path::Path, name: &str) -> serde_json::Value {
+    let m = manifest(store, name);
+    blob_json(store, m["config"]["digest"].as_str().unwrap())
+}
+
+fn fixture_public_key() -> String {
+    let p = std::fs::read_to_string(repo().join("tests/fixtures/ssh/id_ed25519.pub")).unwrap();
+    p.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn lab_public_images_carry_only_the_public_key() {
+    let Some(p) = public() else { return };
+    let Some(lab) = lab() else { return };
+    // Only what depends on the delivery or the recipe's name is new: the accounts layer and
+    // the versions' configs.
+    assert!(
+        p.report["layers-built"].as_u64().unwrap() <= 3,
+        "{:#}",
+        p.report
+    );
+    let pm = manifest(&p.store, PUBLIC);
+    let lm = manifest(&lab.store, "hadoop-lab:3.3.6");
+    for i in [0, 1] {
+        assert_eq!(
+            pm["layers"][i]["digest"], lm["layers"][i]["digest"],
+            "base and JDK are the lab's blobs"
+        );
+    }
+    assert_ne!(pm["layers"][2]["digest"], lm["layers"][2]["digest"]);
+    let key = std::fs::read_to_string(fixture_key()).unwrap();
+    let private_lines: Vec<&str> = key
+        .lines()
+        .skip(2)
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(private_lines.len() >= 3);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.store.join("index.json")).unwrap()).unwrap();
+    let record = blob_json(
+        &p.store,
+        index["annotations"]["io.strata.record"].as_str().unwrap(),
+    );
+    let settings = &record["recipes"]["hadoop-lab-public"];
+    assert_eq!(settings["ssh"]["deliver"], "boot", "{settings:#}");
+    for name in [PUBLIC, "hadoop-lab-public:base"] {
+        let cfg = config(&p.store, name);
+        let labels = &cfg["config"]["Labels"];
+        assert_eq!(labels["io.strata.carries-private-key"], "false", "{name}");
+        assert_eq!(labels["io.strata.ssh.deliver"], "boot", "{name}");
+        assert_eq!(
+            labels["io.strata.ssh-key.fingerprint"],
+            config(&lab.store, "hadoop-lab:3.3.6")["config"]["Labels"]["io.strata.ssh-key.fingerprint"],
+            "{name}: the same cluster key"
+        );
+        assert_eq!(
+            cfg["config"]["Entrypoint"],
+            serde_json::json!(["/usr/local/lib/strata/bin/strata-ssh-key"]),
+            "{name}: in a container the key comes from a mounted secret"
+        );
+        assert_eq!(
+            cfg["config"]["Cmd"],
+            serde_json::json!(["/usr/local/lib/strata/bin/strata-node"])
+        );
+        // No blob of the image holds the cluster's private key (its PEM lines past the
+        // header every ed25519 key shares), and strata's own check finds no key in any layer.
+        for l in manifest(&p.store, name)["layers"].as_array().unwrap() {
+            let d = l["digest"].as_str().unwrap();
+            for (path, (.., data)) in layer_files(&p.store, d) {
+                let text = String::from_utf8_lossy(&data);
+                for secret in &private_lines {
+                    assert!(
+                        !text.contains(secret),
+                        "{name}: /{path} holds the private key"
+                    );
+                }
+            }
+            assert_eq!(record["layers"][d]["private-key"], false, "{name}: {d}");
+        }
+    }
+    // The accounts layer: the public key and authorized_keys, the script, its unit (enabled)
+    // and what it needs to know; no private key.
+    let files = layer_files(&p.store, pm["layers"][2]["digest"].as_str().unwrap());
+    assert!(!files.contains_key("home/hadoop/.ssh/id_ed25519"));
+    for f in ["id_ed25519.pub", "authorized_keys"] {
+        let (mode, uid, _, data) = &files[&format!("home/hadoop/.ssh/{f}")];
+        assert_eq!((*mode, *uid), (0o600, 1000), "{f}");
+        let want =
+            std::fs::read_to_string(repo().join("tests/fixtures/ssh/id_ed25519.pub")).unwrap();
+        assert_eq!(String::from_utf8_lossy(data).trim(), want.trim(), "{f}");
+    }
+    let (mode, uid, ..) = &files["usr/local/lib/strata/bin/strata-ssh-key"];
+    assert_eq!((*mode, *uid), (0o755, 0));
+    assert!(files.contains_key("etc/systemd/system/strata-ssh-key.service"));
+    assert!(
+        files.contains_key("etc/systemd/system/multi-user.target.wants/strata-ssh-key.service")
+    );
+    let env = String::from_utf8_lossy(&files["etc/strata/ssh-key.env"].3).into_owned();
+    assert!(
+        env.contains(&format!("STRATA_SSH_PUBLIC='{}'", fixture_public_key())),
+        "{env}"
+    );
+    // ls and inspect say so.
+    let mut c = strata(&p.cache);
+    c.args(["inspect", PUBLIC, "--json", "-o"]).arg(&p.store);
+    let i = json(&ok(c));
+    assert_eq!(i["carries-private-key"], false);
+    assert_eq!(i["keys-at-boot"], true);
+    let mut c = strata(&p.cache);
+    c.args(["ls", "-o"]).arg(&p.store);
+    let ls = String::from_utf8(ok(c).stdout).unwrap();
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with(PUBLIC) && l.contains("(key at boot)")),
+        "{ls}"
+    );
+}
+
+#[test]
+fn lab_public_container_takes_its_key_from_a_mounted_secret() {
+    let Some(p) = public() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    if !(require("umoci") && is_root()) {
+        eprintln!("SKIPPED: chroot needs umoci and root");
+        return;
+    }
+    let mut u = Command::new("umoci");
+    u.args(["unpack", "--image"])
+        .arg(format!("{}:3.3.6", p.store.display()))
+        .arg(tmp.path().join("node"));
+    ok(u);
+    let root = tmp.path().join("node/rootfs");
+    let script = "/usr/local/lib/strata/bin/strata-ssh-key";
+    let key = root.join("home/hadoop/.ssh/id_ed25519");
+    // No secret: the container starts anyway, says why, and runs its command.
+    let o = ok(in_root(&root, &[script, "echo", "node started"]));
+    assert!(
+        stderr(&o).contains("no cluster key found (secret config-drive)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "node started\n");
+    assert!(!key.exists());
+    // The key as a secret file (what `docker run --secret` / `-v KEY:/run/secrets/…:ro` give).
+    std::fs::create_dir_all(root.join("run/secrets")).unwrap();
+    std::fs::copy(fixture_key(), root.join("run/secrets/strata-ssh-key")).unwrap();
+    let o = ok(in_root(&root, &[script, "echo", "node started"]));
+    assert!(
+        stderr(&o).contains("installed the cluster key (SHA256:")
+            && stderr(&o).contains("from the secret file /run/secrets/strata-ssh-key"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("BEGIN"), "the key is never printed");
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        std::fs::read(fixture_key()).unwrap()
+    );
+    let s = in_root(
+        &root,
+        &[
+            "/usr/bin/stat",
+            "-c",
+            "%U %a",
+            "/home/hadoop/.ssh",
+            "/home/hadoop/.ssh/id_ed25519",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8(ok(s).stdout).unwrap(),
+        "hadoop 700\nhadoop 600\n"
+    );
+}
+
+#[test]
+fn lab_public_disk_gets_its_key_from_a_config_drive() {
+    let Some(p) = public() else { return };
+    if !(disk_tools() && require("ssh") && require("ssh-keygen")) {
+        return;
+    }
+    // Another key than the images': refused before any disk work.
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other");
+    let g = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(g.success());
+    let mut c = strata(&p.cache);
+    c.env("STRATA_SSH_KEY", &other)
+        .args(["disk", PUBLIC, "--boot-test", "-o"])
+        .arg(&p.store);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not the key of hadoop-lab-public's images"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!p.store.join("disks/hadoop-lab-public_3.3.6.qcow2").exists());
+
+    // BIOS only: the firmware does not change how the key arrives.
+    let start = std::time::Instant::now();
+    let mut c = strata(&p.cache);
+    c.args([
+        "disk",
+        PUBLIC,
+        "--boot-test",
+        "--firmware",
+        "bios",
+        "--json",
+        "-o",
+    ])
+    .arg(&p.store);
+    let out = run(c);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "boot test failed: {}\n{r:#}",
+        stderr(&out)
+    );
+    eprintln!(
+        "disk + BIOS boot test with key delivery: {:.0}s",
+        start.elapsed().as_secs_f64()
+    );
+    let t = &r["boot-tests"][0];
+    assert_eq!(t["passed"], true, "{t:#}");
+    assert_eq!(t["check"]["sshd"], "active");
+    assert_eq!(
+        t["check"]["failed"], "none",
+        "strata-ssh-key never fails the boot"
+    );
+    let kd = &t["key-delivery"];
+    assert_eq!(kd["via"], "config-drive", "{kd:#}");
+    assert_eq!(kd["login"], true, "sshd accepted the delivered key: {kd:#}");
+    for (k, v) in [
+        ("key-mode", "600"),
+        ("key-owner", "hadoop"),
+        ("dir-mode", "700"),
+        ("key-matches", "true"),
+        ("self-login", "ok"),
+    ] {
+        assert_eq!(kd["check"][k], v, "{k}: {kd:#}");
+    }
+    assert!(
+        kd["console"]
+            .as_str()
+            .unwrap()
+            .contains("from the config drive's user data"),
+        "{kd:#}"
+    );
+    let kept: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.store.join("disks/hadoop-lab-public_3.3.6.boot-test.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kept["results"][0]["key-delivery"]["login"], true);
+    let log = std::fs::read_to_string(t["console-log"].as_str().unwrap()).unwrap();
+    assert!(
+        !log.contains("PRIVATE KEY-----"),
+        "the key never reaches the console"
     );
 }

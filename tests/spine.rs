@@ -312,6 +312,89 @@ fn the_private_key_never_reaches_logs_reports_or_cache_records() {
 }
 
 #[test]
+fn keys_delivered_at_boot_leave_only_the_public_key_in_images_and_cache() {
+    let p = Project::new();
+    let (out_image, out_boot) = (p.root().join("out-image"), p.root().join("out-boot"));
+    build_ok(&p, &out_image);
+    p.edit_recipe(|s| s + "\n[ssh]\ndeliver = \"boot\"\n");
+    let r = build_ok(&p, &out_boot);
+    assert_eq!(r["layers-built"], 1, "only the accounts layer is new: {r}");
+    for i in r["images"].as_array().unwrap() {
+        assert_eq!(i["carries-private-key"], false, "{i}");
+        assert_eq!(i["keys-at-boot"], true, "{i}");
+    }
+    let m = manifest(&out_boot, "tiny:3.3.6");
+    let user_env = layer_files(&out_boot, m["layers"][2]["digest"].as_str().unwrap());
+    assert!(!user_env.contains_key("home/hadoop/.ssh/id_ed25519"));
+    for f in ["id_ed25519.pub", "authorized_keys"] {
+        let (mode, uid, gid, _) = &user_env[&format!("home/hadoop/.ssh/{f}")];
+        assert_eq!((*mode & 0o7777, *uid, *gid), (0o600, 1000, 1000), "{f}");
+    }
+    assert_eq!(
+        user_env["usr/local/lib/strata/bin/strata-ssh-key"].0 & 0o7777,
+        0o755
+    );
+    assert!(
+        user_env.contains_key("etc/systemd/system/multi-user.target.wants/strata-ssh-key.service")
+    );
+    let env = String::from_utf8(user_env["etc/strata/ssh-key.env"].3.clone()).unwrap();
+    assert!(env.contains("STRATA_SSH_USER='hadoop'\n"), "{env}");
+    assert!(
+        env.contains("STRATA_SSH_KEY_PATH='/home/hadoop/.ssh/id_ed25519'\n"),
+        "{env}"
+    );
+    let cfg = blob_json(&out_boot, m["config"]["digest"].as_str().unwrap());
+    let image_cfg = blob_json(
+        &out_image,
+        manifest(&out_image, "tiny:3.3.6")["config"]["digest"]
+            .as_str()
+            .unwrap(),
+    );
+    let labels = &cfg["config"]["Labels"];
+    assert_eq!(labels["io.strata.carries-private-key"], "false");
+    assert_eq!(labels["io.strata.ssh.deliver"], "boot");
+    assert_eq!(
+        labels["io.strata.ssh-key.fingerprint"],
+        image_cfg["config"]["Labels"]["io.strata.ssh-key.fingerprint"]
+    );
+    assert!(image_cfg["config"]["Labels"]["io.strata.ssh.deliver"].is_null());
+    assert_eq!(
+        cfg["config"]["Entrypoint"],
+        serde_json::json!(["/usr/local/lib/strata/bin/strata-ssh-key"])
+    );
+    // The private key's own lines are in no layer of the boot store, no cache record and no
+    // store document.
+    let key = std::fs::read_to_string(fixture_key()).unwrap();
+    let secret: Vec<&str> = key
+        .lines()
+        .skip(2)
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let mut texts = Vec::new();
+    for (name, _) in index_digests(&out_boot) {
+        for l in manifest(&out_boot, &name)["layers"].as_array().unwrap() {
+            for (_, (.., data)) in layer_files(&out_boot, l["digest"].as_str().unwrap()) {
+                texts.push(String::from_utf8_lossy(&data).into_owned());
+            }
+        }
+    }
+    for e in walkdir::WalkDir::new(p.root().join("cache/layers")) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            texts.push(std::fs::read_to_string(e.path()).unwrap());
+        }
+    }
+    for (_, d) in index_digests(&out_boot) {
+        texts.push(blob_json(&out_boot, &d).to_string());
+    }
+    for t in &texts {
+        for s in &secret {
+            assert!(!t.contains(s), "the private key is in:\n{t}");
+        }
+    }
+}
+
+#[test]
 fn concurrent_builds_on_one_store_both_succeed() {
     let p = Project::new();
     let out = p.root().join("out");

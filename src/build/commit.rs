@@ -14,8 +14,9 @@ use oci_spec::image::{ANNOTATION_REVISION, Descriptor, ImageIndexBuilder, MediaT
 use crate::oci::image::{self as oci, ImageSpec};
 use crate::oci::record::{ImageRecord, LayerFacts, LayerRecord, StoreRecord};
 use crate::oci::store::{ANNOTATION_RECORD, BlobInfo, INDEX_JSON, Store};
+use crate::recipe::KeyDelivery;
 use crate::recipe::hadoop::version_key;
-use crate::source::base;
+use crate::source::{base, keys};
 use crate::support::cmd;
 use crate::support::hash::canonical_json;
 use crate::support::progress::Progress;
@@ -77,13 +78,16 @@ pub(crate) fn commit(
     for img in &plan.images {
         let layers: Vec<LayerRecord> = img.layers.iter().map(|&i| layer_record(i)).collect();
         let carries_key = layers.iter().any(|l| l.private_key);
-        let written = oci::write_image(&store, &image_spec(plan, img, &layers, carries_key))?;
+        let keys_at_boot = keys_at_boot(plan, img);
+        let spec = image_spec(plan, img, &layers, carries_key, keys_at_boot);
+        let written = oci::write_image(&store, &spec)?;
         summaries.push(ImageSummary {
             name: img.name.clone(),
             manifest: written.manifest.digest.to_string(),
             size: layers.iter().map(|l| l.size).sum(),
             layers: layers.iter().map(|l| l.name.clone()).collect(),
             carries_private_key: carries_key,
+            keys_at_boot,
         });
         let disk_layers = img
             .version
@@ -103,6 +107,7 @@ pub(crate) fn commit(
                 .and_then(|v| plan.recipe.jdk_for(v).map(|j| j.name.clone())),
             layers: layers.iter().map(|l| l.digest.clone()).collect(),
             carries_private_key: carries_key,
+            keys_at_boot,
             disk_layers,
         });
         entries.push(written.index_entry);
@@ -199,12 +204,19 @@ fn merge_index(old: Option<&oci_spec::image::ImageIndex>, new: Vec<Descriptor>) 
     manifests
 }
 
+/// The image takes its cluster key at boot: the recipe says so and the image has the accounts.
+pub(crate) fn keys_at_boot(plan: &Plan, img: &PlannedImage) -> bool {
+    plan.recipe.ssh.deliver == KeyDelivery::Boot
+        && plan.accounts_layer.is_some_and(|a| img.layers.contains(&a))
+}
+
 /// An image's config and manifest inputs.
 fn image_spec(
     plan: &Plan,
     img: &PlannedImage,
     layers: &[LayerRecord],
     carries_key: bool,
+    keys_at_boot: bool,
 ) -> ImageSpec {
     let recipe = plan.recipe;
     let mut env: BTreeMap<String, String> = BTreeMap::from([
@@ -233,8 +245,8 @@ fn image_spec(
     for (k, v) in &recipe.image.env {
         env.insert(k.clone(), v.clone());
     }
-    if carries_key {
-        labels.insert(oci::LABEL_PRIVATE_KEY.to_string(), "true".into());
+    if carries_key || keys_at_boot {
+        labels.insert(oci::LABEL_PRIVATE_KEY.to_string(), carries_key.to_string());
         if let Some(k) = &plan.cluster_key {
             labels.insert(
                 oci::LABEL_KEY_FINGERPRINT.to_string(),
@@ -242,13 +254,25 @@ fn image_spec(
             );
         }
     }
+    let mut entrypoint = recipe.image.entrypoint.clone();
+    if keys_at_boot {
+        labels.insert(
+            oci::LABEL_SSH_DELIVER.to_string(),
+            KeyDelivery::Boot.to_string(),
+        );
+        // In a container the key comes from a mounted secret: the script installs it, then runs
+        // the recipe's entrypoint and command.
+        let mut e = vec![format!("/{}", keys::BOOT_SCRIPT)];
+        e.extend(entrypoint.unwrap_or_default());
+        entrypoint = Some(e);
+    }
     ImageSpec {
         name: img.name.clone(),
         tag: img.tag.clone(),
         layers: layers.to_vec(),
         env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
         cmd: recipe.image.cmd.clone(),
-        entrypoint: recipe.image.entrypoint.clone(),
+        entrypoint,
         working_dir: recipe.image.working_dir.clone(),
         user: recipe.image.user.clone(),
         labels,

@@ -72,6 +72,9 @@ pub struct ImageSummary {
     pub size: u64,
     pub layers: Vec<String>,
     pub carries_private_key: bool,
+    /// `[ssh] deliver = "boot"`: the private key is installed at boot, not carried.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keys_at_boot: bool,
 }
 
 fn open_cache(opts: &Options) -> Result<Cache> {
@@ -110,6 +113,8 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
         layers_built += usize::from(was_built);
         built.insert(idx, (rec, blob));
     }
+
+    refuse_keys_in_boot_images(&plan, &built)?;
 
     // Budgets: checked before anything is published.
     let verdicts = budget::check(
@@ -163,6 +168,24 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
         report.layers_cached
     ));
     Ok(report)
+}
+
+/// An image built to take its key at boot must hold no private key at all: a layer directory
+/// that holds one (a key file copied into it by hand) fails the build, naming the layer.
+fn refuse_keys_in_boot_images(
+    plan: &plan::Plan,
+    built: &HashMap<usize, (LayerFacts, PathBuf)>,
+) -> Result<()> {
+    for img in plan.images.iter().filter(|i| commit::keys_at_boot(plan, i)) {
+        if let Some(&i) = img.layers.iter().find(|i| built[i].0.private_key) {
+            crate::bad!(
+                "{}: [ssh] deliver = \"boot\" promises images without a private key, but layer {} holds one: remove it from the layer",
+                img.name,
+                plan.layers[i].name
+            );
+        }
+    }
+    Ok(())
 }
 
 /// What `strata plan` prints.

@@ -69,6 +69,9 @@ pub struct Plan<'r> {
     pub images: Vec<PlannedImage>,
     /// The layers a version's disk adds to its image (disk-only packages and layers), by version.
     pub disk_layers: BTreeMap<String, Vec<usize>>,
+    /// The layer that carries the accounts and the cluster key (or, delivered at boot, only its
+    /// public half).
+    pub accounts_layer: Option<usize>,
     pub(crate) base: Option<PreparedBase>,
     pub(crate) cluster_key: Option<ClusterKey>,
 }
@@ -130,7 +133,7 @@ impl Inputs {
             }
         };
         let key = if recipe.layers.iter().any(|l| l.accounts) {
-            Some(keys::cluster_key(&recipe.name, recipe.ssh_key.as_deref())?)
+            Some(keys::cluster_key(&recipe.name, recipe.ssh.key.as_deref())?)
         } else {
             None
         };
@@ -159,7 +162,7 @@ impl Inputs {
             }
         };
         let key = if recipe.layers.iter().any(|l| l.accounts) {
-            keys::find(&recipe.name, recipe.ssh_key.as_deref())?
+            keys::find(&recipe.name, recipe.ssh.key.as_deref())?
         } else {
             None
         };
@@ -310,7 +313,7 @@ pub fn make_plan<'r>(recipe: &'r Recipe, inputs: Inputs, only: &[String]) -> Res
     let (base_layers, base_info, prepared) = plan_base(&mut t, inputs.base)?;
     check_base_java(recipe, &base_info)?;
     let jdk_layer = plan_jdks(&mut t);
-    let (shared, disk_only) = plan_shared(&mut t, &base_info, inputs.key.as_ref())?;
+    let (shared, disk_only, accounts_layer) = plan_shared(&mut t, &base_info, inputs.key.as_ref())?;
     let recipe_value = recipe_value(recipe);
     let mut images = Vec::new();
     let mut disk_layers = BTreeMap::new();
@@ -354,6 +357,7 @@ pub fn make_plan<'r>(recipe: &'r Recipe, inputs: Inputs, only: &[String]) -> Res
         layers: t.layers,
         images,
         disk_layers,
+        accounts_layer,
         base: prepared,
         cluster_key: inputs.key,
     })
@@ -442,14 +446,15 @@ fn recipe_value(recipe: &Recipe) -> serde_json::Value {
     serde_json::json!({"name": recipe.name, "epoch": recipe.epoch, "description": recipe.description})
 }
 
-/// The shared directory layers (the accounts layer among them): (in images, disk-only).
+/// The shared directory layers (the accounts layer among them): (in images, disk-only, the
+/// accounts layer).
 fn plan_shared(
     t: &mut Table,
     base_info: &Option<BaseInfo>,
     key: Option<&ClusterKey>,
-) -> Result<(Vec<usize>, Vec<usize>)> {
+) -> Result<(Vec<usize>, Vec<usize>, Option<usize>)> {
     let recipe = t.recipe;
-    let (mut shared, mut disk_only) = (Vec::new(), Vec::new());
+    let (mut shared, mut disk_only, mut accounts) = (Vec::new(), Vec::new(), None);
     for spec in recipe.layers.iter().filter(|l| !l.per_version) {
         let cx = RenderContext {
             recipe: recipe_value(recipe),
@@ -468,6 +473,7 @@ fn plan_shared(
                         &info.accounts,
                         &recipe.user,
                         key,
+                        recipe.ssh.deliver,
                         recipe.epoch,
                     )?;
                     let generated: BTreeSet<String> = acc.iter().map(|e| e.path.clone()).collect();
@@ -497,13 +503,16 @@ fn plan_shared(
             ),
         };
         let idx = t.add(&spec.name, spec.name.clone(), key, prov, producer);
+        if spec.accounts {
+            accounts = Some(idx);
+        }
         if spec.disk_only {
             disk_only.push(idx)
         } else {
             shared.push(idx)
         }
     }
-    Ok((shared, disk_only))
+    Ok((shared, disk_only, accounts))
 }
 
 /// A version's own layers: its Hadoop release (per `[dist]`) and its per-version directories.

@@ -161,7 +161,9 @@ missing or corrupt."
         after_help = "The disk is written to DIR/disks/<recipe>_<version>.qcow2 (through a temp name). \
 What the disk needs beyond the container image (kernel, systemd: the recipe's [disk]) was recorded at \
 build time. --boot-test boots it on each firmware and checks: no failed units, the hadoop user and \
-environment, java, sshd, the configs; results are kept beside the disk."
+environment, java, sshd, the configs; for an image that takes its SSH key at boot ([ssh] deliver = \
+\"boot\"), it also delivers the cluster key on a config-2 drive and logs in with it (the key: \
+STRATA_SSH_KEY, or the one the build used). Results are kept beside the disk."
     )]
     Disk {
         /// `recipe:version`, a tag or a manifest digest.

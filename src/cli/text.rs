@@ -28,6 +28,8 @@ pub fn build(rep: &BuildReport) -> String {
     for i in &rep.images {
         let key = if i.carries_private_key {
             "  [carries the cluster SSH private key]"
+        } else if i.keys_at_boot {
+            "  [SSH private key delivered at boot]"
         } else {
             ""
         };
@@ -264,6 +266,8 @@ pub fn ls(rows: &[LsRow]) -> String {
     for r in rows {
         let key = if r.carries_private_key {
             "  (carries private key)"
+        } else if r.keys_at_boot {
+            "  (key at boot)"
         } else {
             ""
         };
@@ -291,6 +295,12 @@ pub fn inspect(i: &Inspection) -> String {
     }
     if i.carries_private_key {
         s.push_str("WARNING   carries the cluster SSH private key: never publish it publicly\n");
+    }
+    if i.keys_at_boot {
+        s.push_str(
+            "keys      only the public key: the private key is installed at boot from user data \
+             (`strata publish` writes it) or /run/secrets/strata-ssh-key\n",
+        );
     }
     for (k, v) in &i.labels {
         let _ = writeln!(s, "label     {k}={v}");

@@ -1,4 +1,7 @@
 //! # Boot test: the disk under QEMU (TCG), read from its serial console
+//!
+//! For an image that takes its SSH key at boot, the test also delivers the key on a config
+//! drive and logs in with it ([`super::config_drive`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::support::progress::Progress;
 
 use super::Firmware;
+use super::config_drive::{self, KeyDeliveryResult, KeyTest};
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -28,18 +32,34 @@ pub struct BootResult {
     pub console_log: PathBuf,
     /// The disk size the test grew the disk to, if any.
     pub flavor_disk: Option<u64>,
+    /// Images with `[ssh] deliver = "boot"`: the key delivered on a config drive, and the login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_delivery: Option<KeyDeliveryResult>,
 }
 
-/// Boots a disk under QEMU (a throw-away snapshot) and reads the console.
+/// Boots a disk under QEMU (a throw-away snapshot) and reads the console; with `key`, delivers
+/// it on a config drive and logs in with it once the guest is up.
 pub fn boot_test(
     disk: &Path,
     firmware: Firmware,
     log: &Path,
     timeout: Duration,
+    key: Option<&KeyTest>,
     progress: &Progress,
 ) -> Result<BootResult> {
     crate::support::cmd::require("qemu-system-x86_64")?;
-    let task = progress.task(format!("boot test ({firmware}, TCG)"), None);
+    let what = if key.is_some() {
+        ", key on a config drive"
+    } else {
+        ""
+    };
+    let task = progress.task(format!("boot test ({firmware}, TCG{what})"), None);
+    // The config drive and the host's copy of the key live here until the test ends.
+    let key_dir = tempfile::tempdir().context("creating a temp dir for the config drive")?;
+    let delivery = match key {
+        Some(kt) => Some(config_drive::prepare(kt, key_dir.path())?),
+        None => None,
+    };
     let _ = std::fs::remove_file(log);
     let vars =
         tempfile::NamedTempFile::new().context("creating a temp file for the UEFI variables")?;
@@ -58,8 +78,11 @@ pub fn boot_test(
     .arg("-serial")
     .arg(format!("file:{}", log.display()))
     .arg("-drive")
-    .arg(format!("file={},if=virtio,snapshot=on", disk.display()))
-    .args(["-nic", "user,model=virtio-net-pci"]);
+    .arg(format!("file={},if=virtio,snapshot=on", disk.display()));
+    match &delivery {
+        Some(d) => c.args(config_drive::qemu_args(d)),
+        None => c.args(["-nic", "user,model=virtio-net-pci"]),
+    };
     match firmware {
         Firmware::Bios => {}
         Firmware::Uefi => {
@@ -99,6 +122,15 @@ pub fn boot_test(
                 .context("qemu exited before the boot finished"));
         }
     }
+    // Logged in while the guest runs: only once it is up (else there is nothing to log into).
+    let key_delivery = match (key, &delivery) {
+        (Some(kt), Some(d)) if login.is_some() && check_line.is_some() => {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+            Some(config_drive::check_login(kt, d, &text))
+        }
+        _ => None,
+    };
     qemu.stop();
     let mut check = BTreeMap::new();
     if let Some(l) = &check_line {
@@ -138,6 +170,9 @@ pub fn boot_test(
             }
         }
     }
+    if let (Some(kt), Some(kd)) = (key, &key_delivery) {
+        problems.extend(kd.problems(&kt.user.name));
+    }
     let passed = problems.is_empty();
     task.finish(if passed {
         format!("passed, login in {:.0}s", login.unwrap_or(0.0))
@@ -152,5 +187,6 @@ pub fn boot_test(
         problems,
         console_log: log.to_path_buf(),
         flavor_disk: None,
+        key_delivery,
     })
 }

@@ -23,7 +23,9 @@
 //!
 //! `--boot-test` ([`boot`]) boots the disk under QEMU (TCG; KVM where it works) on BIOS and on
 //! UEFI, reads the serial console for the `STRATA-BOOT-CHECK` line the `vm` layer prints once
-//! boot is done, and for a `login:` prompt; the result is kept beside the disk.
+//! boot is done, and for a `login:` prompt; the result is kept beside the disk. An image built
+//! with `[ssh] deliver = "boot"` gets its cluster key on a config drive in that test, and the
+//! test logs in with it ([`config_drive`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,10 +39,11 @@ use sha2::{Digest as _, Sha256};
 
 use crate::layer::{self, Entry};
 use crate::oci::disks::{self, DiskRecord};
-use crate::oci::image::split_name;
+use crate::oci::image::{LABEL_KEY_FINGERPRINT, LABEL_SSH_DELIVER, split_name};
 use crate::oci::view::View;
 use crate::policy::{BudgetExceeded, Check, Enforce, Verdicts};
-use crate::recipe::DiskSpec;
+use crate::recipe::{DiskSpec, KeyDelivery};
+use crate::source::keys;
 use crate::support::cmd;
 use crate::support::error::BadInput;
 use crate::support::fsx::{self, TMP_PREFIX};
@@ -50,6 +53,7 @@ use crate::support::units::human;
 
 pub mod assemble;
 pub mod boot;
+pub mod config_drive;
 pub mod flatten;
 
 use assemble::{Boot, ROOT_START, SECTOR};
@@ -157,6 +161,28 @@ struct Source {
     /// Every layer in order (the image's, then the disk's) with its media type, and whether
     /// several versions share it.
     layers: Vec<(Digest, MediaType, bool)>,
+    /// The image takes its cluster key at boot: what the boot test delivers.
+    keys_at_boot: Option<KeysAtBoot>,
+}
+
+/// What the store says of an image that takes its cluster key at boot.
+struct KeysAtBoot {
+    fingerprint: String,
+    user: crate::recipe::User,
+    /// The recipe's `[ssh] key`, as recorded.
+    key: Option<PathBuf>,
+}
+
+impl KeysAtBoot {
+    /// The image's own key, found as the build found it, for the boot test to deliver.
+    fn key_test(&self, name: &str) -> Result<config_drive::KeyTest> {
+        let key = keys::for_image(split_name(name).0, self.key.as_deref(), &self.fingerprint)
+            .with_context(|| format!("the boot test of {name} delivers its cluster key"))?;
+        Ok(config_drive::KeyTest {
+            key,
+            user: self.user.clone(),
+        })
+    }
 }
 
 /// Finds the image, its recipe's settings and its disk layers in the store record.
@@ -176,6 +202,30 @@ fn source(v: &View, query: &str) -> Result<Source> {
         .into());
     };
     let manifest = v.manifest(&desc)?;
+    let labels = v
+        .config(&manifest)?
+        .config()
+        .as_ref()
+        .and_then(|c| c.labels().clone())
+        .unwrap_or_default();
+    let keys_at_boot = match (
+        labels.get(LABEL_SSH_DELIVER).map(String::as_str),
+        labels.get(LABEL_KEY_FINGERPRINT),
+    ) {
+        (Some("boot"), Some(fp)) => Some(KeysAtBoot {
+            fingerprint: fp.clone(),
+            user: settings.user.clone(),
+            key: (settings.ssh.deliver == KeyDelivery::Boot)
+                .then(|| settings.ssh.key.clone())
+                .flatten(),
+        }),
+        (Some("boot"), None) => {
+            bail!(
+                "{name} takes its SSH key at boot but its config names no key fingerprint ({LABEL_KEY_FINGERPRINT}): rebuild it"
+            )
+        }
+        _ => None,
+    };
     let mut layers = Vec::new();
     for l in manifest.layers() {
         let shared = v
@@ -196,6 +246,7 @@ fn source(v: &View, query: &str) -> Result<Source> {
         epoch: settings.epoch,
         spec,
         layers,
+        keys_at_boot,
     })
 }
 
@@ -358,6 +409,16 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
     let v = View::open(&opts.output)?;
     let src = source(&v, &opts.image)?;
     let name = src.name.clone();
+    // Found before any work: the boot test of an image that takes its key at boot delivers it.
+    let key_test = match (&src.keys_at_boot, opts.boot_test) {
+        (Some(k), true) => {
+            for t in config_drive::TOOLS {
+                cmd::require(t)?;
+            }
+            Some(k.key_test(&name)?)
+        }
+        _ => None,
+    };
     let disks = opts.output.join(DISKS_DIR);
     fsx::create_dir_all(&disks)?;
     let stem = name.replace(':', "_");
@@ -444,7 +505,14 @@ pub fn disk(opts: &Options) -> Result<DiskReport> {
         base_disk: overlay.map(|o| o.1),
     };
     if opts.boot_test {
-        boot_tests(opts, &mut report, &disks, &stem, w, root_size, &progress)?;
+        let t = BootTests {
+            disks: &disks,
+            stem: &stem,
+            w,
+            root_size,
+            key: key_test.as_ref(),
+        };
+        t.run(opts, &mut report, &progress)?;
     }
     Ok(report)
 }
@@ -562,69 +630,79 @@ impl Overlay<'_> {
     }
 }
 
-/// Boots the disk on each firmware (on a grown copy with `--flavor-disk`), records the results
-/// beside it, and fails when one did not pass.
-fn boot_tests(
-    opts: &Options,
-    report: &mut DiskReport,
-    disks: &Path,
-    stem: &str,
-    w: &Path,
+/// Where the boot tests of one disk run, and the key they deliver.
+struct BootTests<'a> {
+    disks: &'a Path,
+    stem: &'a str,
+    w: &'a Path,
     root_size: u64,
-    progress: &Progress,
-) -> Result<()> {
-    for &fw in &opts.firmware {
-        let log = disks.join(format!("{stem}.{fw}.console.log"));
-        let mut r = match opts.flavor_disk {
-            None => boot_test(&report.disk, fw, &log, opts.boot_timeout, progress)?,
-            Some(size) => {
-                // A copy grown like a flavor's disk: the root must grow to fill it.
-                let grown = w.join("flavor.qcow2");
-                std::fs::copy(&report.disk, &grown)
-                    .with_context(|| format!("copying {:?} to {grown:?}", report.disk))?;
-                let mut c = Command::new("qemu-img");
-                c.args(["resize", "-q"]).arg(&grown).arg(size.to_string());
-                tool(c)?;
-                let mut r = boot_test(&grown, fw, &log, opts.boot_timeout, progress)?;
-                let mib: u64 = r
-                    .check
-                    .get("rootfs-mib")
-                    .and_then(|m| m.parse().ok())
-                    .unwrap_or(0);
-                let want = size.saturating_sub(report.virtual_size) + root_size * 9 / 10;
-                if mib * (1 << 20) < want {
-                    r.problems.push(format!(
-                        "the root file system is {mib} MiB: it did not grow to the {} disk",
-                        human(size)
-                    ));
-                    r.passed = false;
+    key: Option<&'a config_drive::KeyTest>,
+}
+
+impl BootTests<'_> {
+    /// Boots the disk on each firmware (on a grown copy with `--flavor-disk`), records the
+    /// results beside it, and fails when one did not pass.
+    fn run(&self, opts: &Options, report: &mut DiskReport, progress: &Progress) -> Result<()> {
+        let BootTests {
+            disks,
+            stem,
+            w,
+            root_size,
+            key,
+        } = *self;
+        for &fw in &opts.firmware {
+            let log = disks.join(format!("{stem}.{fw}.console.log"));
+            let mut r = match opts.flavor_disk {
+                None => boot_test(&report.disk, fw, &log, opts.boot_timeout, key, progress)?,
+                Some(size) => {
+                    // A copy grown like a flavor's disk: the root must grow to fill it.
+                    let grown = w.join("flavor.qcow2");
+                    std::fs::copy(&report.disk, &grown)
+                        .with_context(|| format!("copying {:?} to {grown:?}", report.disk))?;
+                    let mut c = Command::new("qemu-img");
+                    c.args(["resize", "-q"]).arg(&grown).arg(size.to_string());
+                    tool(c)?;
+                    let mut r = boot_test(&grown, fw, &log, opts.boot_timeout, key, progress)?;
+                    let mib: u64 = r
+                        .check
+                        .get("rootfs-mib")
+                        .and_then(|m| m.parse().ok())
+                        .unwrap_or(0);
+                    let want = size.saturating_sub(report.virtual_size) + root_size * 9 / 10;
+                    if mib * (1 << 20) < want {
+                        r.problems.push(format!(
+                            "the root file system is {mib} MiB: it did not grow to the {} disk",
+                            human(size)
+                        ));
+                        r.passed = false;
+                    }
+                    r
                 }
-                r
-            }
-        };
-        r.flavor_disk = opts.flavor_disk;
-        report.boot_tests.push(r);
+            };
+            r.flavor_disk = opts.flavor_disk;
+            report.boot_tests.push(r);
+        }
+        let results = disks.join(format!("{stem}.boot-test.json"));
+        fsx::atomic_write(
+            &results,
+            &serde_json::to_vec_pretty(
+                &serde_json::json!({"manifest": report.manifest, "results": report.boot_tests}),
+            )?,
+        )?;
+        let failed: Vec<String> = report
+            .boot_tests
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| format!("{}: {}", r.firmware, r.problems.join("; ")))
+            .collect();
+        if !failed.is_empty() {
+            bail!(
+                "boot test of {} failed: {} (console logs beside {})",
+                report.image,
+                failed.join(" | "),
+                report.disk.display()
+            );
+        }
+        Ok(())
     }
-    let results = disks.join(format!("{stem}.boot-test.json"));
-    fsx::atomic_write(
-        &results,
-        &serde_json::to_vec_pretty(
-            &serde_json::json!({"manifest": report.manifest, "results": report.boot_tests}),
-        )?,
-    )?;
-    let failed: Vec<String> = report
-        .boot_tests
-        .iter()
-        .filter(|r| !r.passed)
-        .map(|r| format!("{}: {}", r.firmware, r.problems.join("; ")))
-        .collect();
-    if !failed.is_empty() {
-        bail!(
-            "boot test of {} failed: {} (console logs beside {})",
-            report.image,
-            failed.join(" | "),
-            report.disk.display()
-        );
-    }
-    Ok(())
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::layer::compress::Compression;
 use crate::layer::for_each_in_tar;
-use crate::oci::image::{ANNOTATION_LAYER_NAME, LABEL_PRIVATE_KEY, entry_name};
+use crate::oci::image::{ANNOTATION_LAYER_NAME, LABEL_PRIVATE_KEY, LABEL_SSH_DELIVER, entry_name};
 use crate::oci::store::Store;
 use crate::oci::view::View;
 use crate::support::hash::hash_reader;
@@ -27,6 +27,8 @@ pub struct LsRow {
     pub hadoop_version: Option<String>,
     pub jdk: Option<String>,
     pub carries_private_key: bool,
+    /// Built with `[ssh] deliver = "boot"`: the private key is installed at boot.
+    pub keys_at_boot: bool,
 }
 
 pub fn ls(root: &Path) -> Result<Vec<LsRow>> {
@@ -50,6 +52,7 @@ pub fn ls(root: &Path) -> Result<Vec<LsRow>> {
             hadoop_version: rec.and_then(|r| r.hadoop_version.clone()),
             jdk: rec.and_then(|r| r.jdk.clone()),
             carries_private_key: rec.is_some_and(|r| r.carries_private_key),
+            keys_at_boot: rec.is_some_and(|r| r.keys_at_boot),
         });
     }
     Ok(rows)
@@ -68,6 +71,8 @@ pub struct Inspection {
     pub env: Vec<String>,
     pub cmd: Option<Vec<String>>,
     pub carries_private_key: bool,
+    /// The config's `io.strata.ssh.deliver` is `boot`: the private key is installed at boot.
+    pub keys_at_boot: bool,
     pub layers: Vec<InspectLayer>,
     pub packages: Vec<(String, String)>,
     /// Where this image was published (`strata publish`), oldest first.
@@ -145,6 +150,7 @@ pub fn inspect(root: &Path, image: &str) -> Result<Inspection> {
         config: m.config().digest().to_string(),
         created: cfg.created().clone(),
         carries_private_key: labels.get(LABEL_PRIVATE_KEY).is_some_and(|v| v == "true"),
+        keys_at_boot: labels.get(LABEL_SSH_DELIVER).is_some_and(|v| v == "boot"),
         labels,
         env: c.env().clone().unwrap_or_default(),
         cmd: c.cmd().clone(),

@@ -24,6 +24,9 @@ pub const LABEL_JDK: &str = "io.strata.jdk";
 pub const LABEL_JDK_UNSUPPORTED: &str = "io.strata.jdk.unsupported";
 pub const LABEL_PRIVATE_KEY: &str = "io.strata.carries-private-key";
 pub const LABEL_KEY_FINGERPRINT: &str = "io.strata.ssh-key.fingerprint";
+/// `boot` on images built with `[ssh] deliver = "boot"`: the private key is installed at boot
+/// (absent on images that carry it).
+pub const LABEL_SSH_DELIVER: &str = "io.strata.ssh.deliver";
 pub const ANNOTATION_LAYER_NAME: &str = "io.strata.layer";
 
 /// RFC 3339 of a Unix time.

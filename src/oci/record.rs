@@ -78,6 +78,10 @@ pub struct ImageRecord {
     pub jdk: Option<String>,
     pub layers: Vec<Digest>,
     pub carries_private_key: bool,
+    /// Built with `[ssh] deliver = "boot"`: only the public key is in it (left out when false,
+    /// so records of other images keep their bytes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keys_at_boot: bool,
     /// What the image's bootable disk adds (disk-only packages and layers), by digest; the blobs
     /// are in the store, reached through this record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

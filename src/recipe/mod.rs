@@ -199,9 +199,8 @@ pub struct Recipe {
     pub jdks: BTreeMap<String, Jdk>,
     pub lines: BTreeMap<String, LineChoice>,
     pub user: User,
-    /// Explicit key path from the recipe (the environment and the default place are looked at
-    /// by the key source, `source::keys`).
-    pub ssh_key: Option<PathBuf>,
+    /// `[ssh]`: the cluster key's path and how nodes get its private half.
+    pub ssh: Ssh,
     pub layers: Vec<LayerSpec>,
     pub dist: Option<Dist>,
     pub vars: serde_json::Value,
@@ -212,6 +211,55 @@ pub struct Recipe {
     /// `[base] exclude-docs` (None for non-mmdebstrap bases), for advice.
     pub excludes_docs: Option<bool>,
     pub catalogue: Catalogue,
+}
+
+/// `[ssh]`: where the cluster key pair comes from and how nodes get its private half.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Ssh {
+    /// Explicit key path from the recipe (the environment and the default place are looked at
+    /// by the key source, `source::keys`).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub deliver: KeyDelivery,
+}
+
+impl Ssh {
+    /// Today's behaviour, which the store record leaves out (so its bytes do not change).
+    pub fn is_image(&self) -> bool {
+        self.deliver == KeyDelivery::Image
+    }
+}
+
+/// How nodes get the cluster's SSH private key (`[ssh] deliver`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyDelivery {
+    /// The accounts layer carries it: images must stay private to the project.
+    #[default]
+    Image,
+    /// Images carry only the public key and `authorized_keys`; `strata-ssh-key` installs the
+    /// private key at boot from the instance's user data or a mounted secret file.
+    Boot,
+}
+
+impl KeyDelivery {
+    /// The values `[ssh] deliver` accepts.
+    pub const NAMES: [&'static str; 2] = ["image", "boot"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyDelivery::Image => "image",
+            KeyDelivery::Boot => "boot",
+        }
+    }
+}
+
+impl std::fmt::Display for KeyDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Where the epoch of a build came from.
@@ -266,6 +314,9 @@ pub struct Settings {
     /// Absent in records written before `[publish]` existed: the defaults.
     #[serde(default)]
     pub publish: PublishSpec,
+    /// Recorded only for `deliver = "boot"`: the record of an `image` recipe keeps its bytes.
+    #[serde(default, skip_serializing_if = "Ssh::is_image")]
+    pub ssh: Ssh,
 }
 
 /// How an image gets its Hadoop release.
@@ -368,6 +419,7 @@ impl Recipe {
             dist: self.dist.clone(),
             disk: self.disk.clone(),
             publish: self.publish.clone(),
+            ssh: self.ssh.clone(),
         }
     }
 

@@ -200,6 +200,9 @@ pub struct RawUser {
 pub struct RawSsh {
     #[serde(default)]
     pub key: Option<String>,
+    /// `"image"` (the default) or `"boot"`.
+    #[serde(default)]
+    pub deliver: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

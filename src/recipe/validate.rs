@@ -46,6 +46,7 @@ pub fn validate(
     let lines = lines(&cx, raw, &versions, &jdks, catalogue)?;
     let user = user(raw.user.as_ref());
     let layers = layers(&cx, raw, root)?;
+    let ssh = ssh(&cx, raw.ssh.as_ref(), &layers, root)?;
     let dist = dist(&cx, raw.dist.as_ref(), &versions, catalogue, root)?;
     let policy = policy(&cx, raw)?;
     let disk = disk(&cx, raw.disk.as_ref(), &base)?;
@@ -69,11 +70,7 @@ pub fn validate(
         jdks,
         lines,
         user,
-        ssh_key: raw
-            .ssh
-            .as_ref()
-            .and_then(|s| s.key.as_deref())
-            .map(|k| resolve(root, k)),
+        ssh,
         layers,
         dist,
         vars: serde_json::to_value(&raw.vars).unwrap_or(serde_json::Value::Null),
@@ -475,6 +472,44 @@ fn layers(cx: &Ctx, raw: &RawRecipe, root: &Path) -> Result<Vec<LayerSpec>, Loca
         );
     }
     Ok(layers)
+}
+
+/// `[ssh]`: the key's path (as written; `source::keys` reads it) and how nodes get the private
+/// half. Delivery at boot needs the layer that carries the user and its public key.
+fn ssh(cx: &Ctx, raw: Option<&RawSsh>, layers: &[LayerSpec], root: &Path) -> Result<Ssh, Located> {
+    let Some(rs) = raw else {
+        return Ok(Ssh::default());
+    };
+    let deliver = match &rs.deliver {
+        None => KeyDelivery::Image,
+        Some(d) => match d.get_ref().as_str() {
+            "image" => KeyDelivery::Image,
+            "boot" => KeyDelivery::Boot,
+            other => {
+                let mut e = cx.err(
+                    d.span(),
+                    "ssh.deliver",
+                    format!("unknown delivery {other:?}: expected \"image\" (the private key is in the image) or \"boot\" (installed at boot from user data or a secret file)"),
+                );
+                e.hint =
+                    nearest(other, &KeyDelivery::NAMES).map(|n| format!("did you mean {n:?}?"));
+                return Err(e);
+            }
+        },
+    };
+    if let (KeyDelivery::Boot, Some(d)) = (deliver, &rs.deliver)
+        && !layers.iter().any(|l| l.accounts)
+    {
+        return Err(cx.err(
+            d.span(),
+            "ssh.deliver",
+            "delivery at boot needs a [[layer]] with `accounts = true`: it carries the user, its public key and the script that installs the private key",
+        ));
+    }
+    Ok(Ssh {
+        key: rs.key.as_deref().map(|k| resolve(root, k)),
+        deliver,
+    })
 }
 
 /// `[dist]`: how images get the Hadoop release, and its pinned sha512 per version (from the
@@ -1197,6 +1232,60 @@ mod tests {
                 None,
             ),
         ]);
+    }
+
+    /// `[ssh]`: the delivery of the private key.
+    #[test]
+    fn ssh_errors() {
+        const ACCOUNTS: &str =
+            "[[layer]]\nname = \"a\"\ndir = \"layers/user-env\"\naccounts = true\n";
+        expect(vec![
+            (
+                "unknown delivery",
+                with(&format!("{ACCOUNTS}[ssh]\ndeliver = \"boots\"\n")),
+                "ssh.deliver",
+                12,
+                "unknown delivery \"boots\": expected \"image\" (the private key is in the image) or \"boot\"",
+                Some("did you mean \"boot\"?"),
+            ),
+            (
+                "delivery at boot without an accounts layer",
+                with("[ssh]\ndeliver = \"boot\"\n"),
+                "ssh.deliver",
+                8,
+                "delivery at boot needs a [[layer]] with `accounts = true`",
+                None,
+            ),
+        ]);
+    }
+
+    #[test]
+    fn ssh_delivery_of_another_type_is_refused_by_the_parser() {
+        let src = with("[ssh]\ndeliver = true\n");
+        let e = parse(Path::new("recipes/t.toml"), &src).unwrap_err();
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.message.contains("expected a string"), "{e}");
+    }
+
+    #[test]
+    fn ssh_delivery_values_and_default() {
+        const ACCOUNTS: &str =
+            "[[layer]]\nname = \"a\"\ndir = \"layers/user-env\"\naccounts = true\n";
+        for (extra, want) in [
+            ("", KeyDelivery::Image),
+            ("[ssh]\nkey = \"k\"\n", KeyDelivery::Image),
+            ("[ssh]\ndeliver = \"image\"\n", KeyDelivery::Image),
+            ("[ssh]\ndeliver = \"boot\"\n", KeyDelivery::Boot),
+        ] {
+            let r = check(&with(&format!("{ACCOUNTS}{extra}"))).unwrap();
+            assert_eq!(r.ssh.deliver, want, "{extra}");
+            assert_eq!(r.settings().ssh.deliver, want);
+        }
+        let r = check(&with("[ssh]\nkey = \"keys/k\"\n")).unwrap();
+        assert_eq!(
+            r.ssh.key.as_deref(),
+            Some(Path::new("/nonexistent/strata-project/keys/k"))
+        );
     }
 
     /// `[dist]`: mode, source, url or path, pinned checksums.

@@ -3,13 +3,15 @@
 //! The accounts layer replaces `/etc/passwd`, `/etc/group`, `/etc/shadow` and `/etc/gshadow` with
 //! the base's files plus the recipe's user (the base's owners and modes are kept), and adds the
 //! user's home with `~/.ssh` (0700) holding the cluster key pair and `authorized_keys` (0600).
+//! With `[ssh] deliver = "boot"` the private key is left out, and what installs it at boot is
+//! added instead ([`keys::boot_entries`]).
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::layer::{Content, Entry};
-use crate::recipe::User;
-use crate::source::keys::ClusterKey;
+use crate::recipe::{KeyDelivery, User};
+use crate::source::keys::{self, ClusterKey};
 
 /// One account file of the base, as found there.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -91,6 +93,7 @@ pub fn entries(
     base: &BaseAccounts,
     user: &User,
     key: &ClusterKey,
+    deliver: KeyDelivery,
     epoch: u64,
 ) -> Result<Vec<Entry>> {
     let days = epoch / 86_400;
@@ -147,16 +150,19 @@ pub fn entries(
     let (u, g) = (user.uid, user.gid);
     out.push(Entry::dir(home, 0o755, u, g));
     out.push(Entry::dir(&format!("{home}/.ssh"), 0o700, u, g));
-    out.push(Entry::file(
-        &format!("{home}/.ssh/id_ed25519"),
-        Content::bytes(key.private_openssh.clone()),
-        0o600,
-        u,
-        g,
-    ));
+    match deliver {
+        KeyDelivery::Image => out.push(Entry::file(
+            &format!("{home}/{}", keys::PRIVATE_KEY_NAME),
+            Content::bytes(key.private_openssh.clone()),
+            0o600,
+            u,
+            g,
+        )),
+        KeyDelivery::Boot => out.extend(keys::boot_entries(key, user)),
+    }
     let public = format!("{}\n", key.public_openssh.trim());
     out.push(Entry::file(
-        &format!("{home}/.ssh/id_ed25519.pub"),
+        &format!("{home}/{}.pub", keys::PRIVATE_KEY_NAME),
         Content::bytes(public.clone()),
         0o600,
         u,

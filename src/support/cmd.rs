@@ -36,6 +36,7 @@ pub fn package_of(tool: &str) -> &'static str {
         "docker" | "dockerd" => "docker.io",
         "pigz" => "pigz",
         "git" => "git",
+        "ssh" | "ssh-keygen" => "openssh-client",
         _ => "(unknown package)",
     }
 }

@@ -629,37 +629,6 @@ struct Public {
 
 const PUBLIC: &str = "hadoop-lab-public:3.3.6";
 
-/// recipes/lab.toml as a public variant: its own name, two versions, keys delivered at boot.
-fn public_recipe(dir: &std::path::Path) -> PathBuf {
-    let lab = std::fs::read_to_string(repo().join("recipes/lab.toml")).unwrap();
-    let mut src = lab.clone();
-    for (from, to) in [
-        (
-            "[recipe]\n",
-            format!("[recipe]\nroot = \"{}\"\n", repo().display()),
-        ),
-        (
-            "name = \"hadoop-lab\"\n",
-            "name = \"hadoop-lab-public\"\n".into(),
-        ),
-        (
-            "versions = \"all\"",
-            "versions = [\"3.3.6\", \"3.4.1\"]".into(),
-        ),
-    ] {
-        assert!(
-            src.contains(from),
-            "recipes/lab.toml no longer has {from:?}"
-        );
-        src = src.replacen(from, &to, 1);
-    }
-    assert!(!lab.contains("[ssh]"), "recipes/lab.toml has [ssh] now");
-    src.push_str("\n[ssh]\ndeliver = \"boot\"\n");
-    let path = dir.join("lab-public.toml");
-    std::fs::write(&path, src).unwrap();
-    path
-}
-
 fn public() -> Option<&'static Public> {
     static PUBLIC: OnceLock<Option<Public>> = OnceLock::new();
     PUBLIC
@@ -668,7 +637,7 @@ fn public() -> Option<&'static Public> {
             let dir = repo().join("target/lab-test");
             let store = dir.join("public-output");
             let _ = std::fs::remove_dir_all(&store);
-            let recipe = public_recipe(&dir);
+            let recipe = lab_public_recipe(&dir);
             let mut c = strata(&lab.cache);
             c.arg("build")
                 .arg(&recipe)

@@ -577,3 +577,54 @@ fn a_cloud_that_converts_on_import_is_reported_not_called_corruption() {
     let out = ok(publish(lab, &cloud, LAB_NOAUTH, &[IMAGE, "--json"]));
     assert_eq!(json(&out)["images"][0]["outcome"], "already-published");
 }
+
+#[test]
+fn an_image_taking_its_key_at_boot_may_be_public_and_comes_with_its_user_data() {
+    let (Some(lab), Some(cloud)) = (lab(), Cloud::shared(Mode::NoAuth)) else {
+        return;
+    };
+    // The lab's public variant (tests/lab.rs builds it too), on the lab's cache.
+    let dir = repo().join("target/lab-test");
+    let store = dir.join("public-output");
+    let recipe = lab_public_recipe(&dir);
+    let mut c = strata(&lab.cache);
+    c.arg("build").arg(&recipe).args(["-q", "-o"]).arg(&store);
+    ok(c);
+    let keys = tempfile::tempdir().unwrap();
+    let mut c = strata(&lab.cache);
+    cloud.configure(&mut c, LAB_NOAUTH);
+    c.env("STRATA_KEY_DIR", keys.path())
+        .args([
+            "publish",
+            "hadoop-lab-public:3.3.6",
+            "--visibility",
+            "public",
+            "--json",
+            "-o",
+        ])
+        .arg(&store);
+    let out = ok(c);
+    let r = json(&out)["images"][0].clone();
+    assert_eq!(r["outcome"], "created", "{r:#}");
+    let all = cloud.images_all();
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["visibility"], "public");
+    assert_eq!(all[0]["strata_carries_private_key"], "false");
+    // The user data to pass to `openstack server create --user-data`: the cluster key, 0600,
+    // outside the store.
+    let ud = PathBuf::from(r["user-data"].as_str().expect("a user-data path"));
+    assert!(!ud.starts_with(&store), "{ud:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&ud).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&ud).unwrap();
+    assert!(text.starts_with("#cloud-config"), "{text}");
+    let key = std::fs::read_to_string(fixture_key()).unwrap();
+    let body = key.lines().nth(1).unwrap();
+    assert!(text.contains(body), "the user data holds the cluster key");
+    // …and the key is in no output.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(body));
+    assert!(!stderr(&out).contains(body));
+}

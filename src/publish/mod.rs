@@ -199,6 +199,15 @@ struct Target<'a> {
     manifest: Digest,
     record: &'a ImageRecord,
     spec: PublishSpec,
+    /// For images that take their key at boot: the key's fingerprint (image label), where the
+    /// recipe said the key is, and the user.
+    keys_at_boot: Option<KeysAtBoot>,
+}
+
+struct KeysAtBoot {
+    fingerprint: String,
+    key: Option<PathBuf>,
+    user: crate::recipe::User,
 }
 
 /// Publishes `images` (full names or tags of the store at `opts.output`). `ensure_disk` makes
@@ -219,17 +228,35 @@ pub fn publish(
                 "the store record has no entry for {name}: rebuild the store with `strata build`"
             )
         })?;
-        let spec = view
-            .record
-            .settings_of(&name)
-            .map(|s| s.publish.clone())
-            .unwrap_or_default();
+        let settings = view.record.settings_of(&name);
+        let spec = settings.map(|s| s.publish.clone()).unwrap_or_default();
         check_visibility(opts, &name, record)?;
+        let keys_at_boot = match settings {
+            Some(s) if record.keys_at_boot => {
+                let m = view.manifest(&desc)?;
+                let labels = view.config(&m)?.config().clone().unwrap_or_default();
+                let fingerprint = labels
+                    .labels()
+                    .as_ref()
+                    .and_then(|l| l.get(crate::oci::image::LABEL_KEY_FINGERPRINT))
+                    .cloned()
+                    .with_context(|| {
+                        format!("{name} takes its key at boot but has no key fingerprint label")
+                    })?;
+                Some(KeysAtBoot {
+                    fingerprint,
+                    key: s.ssh.key.clone(),
+                    user: s.user.clone(),
+                })
+            }
+            _ => None,
+        };
         targets.push(Target {
             name,
             manifest: desc.digest().clone(),
             record,
             spec,
+            keys_at_boot,
         });
     }
     let cloud = cloud::resolve(opts.cloud.as_deref())?;
@@ -243,8 +270,15 @@ pub fn publish(
         images: vec![],
     };
     for t in &targets {
-        let r = upload::publish_one(&session, opts, t, ensure_disk, &progress)
+        let mut r = upload::publish_one(&session, opts, t, ensure_disk, &progress)
             .with_context(|| format!("publishing {} to cloud {}", t.name, session.cloud.name))?;
+        if let Some(k) = &t.keys_at_boot
+            && !opts.dry_run
+        {
+            let recipe = t.record.recipe();
+            let key = crate::source::keys::for_image(recipe, k.key.as_deref(), &k.fingerprint)?;
+            r.user_data = Some(crate::source::keys::write_user_data(recipe, &key, &k.user)?);
+        }
         if !opts.dry_run {
             record(opts, &session, t, &r)?;
         }

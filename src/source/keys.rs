@@ -203,6 +203,34 @@ pub fn for_image(
     Ok(key)
 }
 
+/// Writes the user data of `key` for `user` beside the recipe's generated keys
+/// (`<key dir>/<recipe>/user-data`, mode 0600, replaced atomically) and returns its path.
+pub fn write_user_data(recipe: &str, key: &ClusterKey, user: &User) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = default_key_dir().join(recipe);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("user-data");
+    let tmp = dir.join(".user-data.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(user_data(key, user).as_bytes())?;
+        f.sync_all()?;
+    }
+    crate::support::fsx::rename(&tmp, &path)?;
+    Ok(path)
+}
+
 /// The default place for generated keys.
 pub fn default_key_dir() -> PathBuf {
     if let Some(d) = std::env::var_os(KEY_DIR_ENV) {

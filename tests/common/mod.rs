@@ -512,3 +512,34 @@ pub fn good_dist(path: &Path, version: &str) {
         ],
     );
 }
+
+/// recipes/lab.toml as a public variant: its own name, two versions, keys delivered at boot.
+pub fn lab_public_recipe(dir: &Path) -> PathBuf {
+    let lab = std::fs::read_to_string(repo().join("recipes/lab.toml")).unwrap();
+    let mut src = lab.clone();
+    for (from, to) in [
+        (
+            "[recipe]\n",
+            format!("[recipe]\nroot = \"{}\"\n", repo().display()),
+        ),
+        (
+            "name = \"hadoop-lab\"\n",
+            "name = \"hadoop-lab-public\"\n".into(),
+        ),
+        (
+            "versions = \"all\"",
+            "versions = [\"3.3.6\", \"3.4.1\"]".into(),
+        ),
+    ] {
+        assert!(
+            src.contains(from),
+            "recipes/lab.toml no longer has {from:?}"
+        );
+        src = src.replacen(from, &to, 1);
+    }
+    assert!(!lab.contains("[ssh]"), "recipes/lab.toml has [ssh] now");
+    src.push_str("\n[ssh]\ndeliver = \"boot\"\n");
+    let path = dir.join("lab-public.toml");
+    std::fs::write(&path, src).unwrap();
+    path
+}

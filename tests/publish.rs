@@ -628,3 +628,18 @@ fn an_image_taking_its_key_at_boot_may_be_public_and_comes_with_its_user_data() 
     assert!(!String::from_utf8_lossy(&out.stdout).contains(body));
     assert!(!stderr(&out).contains(body));
 }
+
+#[test]
+fn a_cloud_that_refuses_qcow2_says_so_and_keeps_nothing() {
+    let Some(lab) = lab() else {
+        return;
+    };
+    let Some(cloud) = Cloud::start_with(Mode::NoAuth, &["--disk-formats", "raw,iso"]) else {
+        return;
+    };
+    let out = run(publish(lab, &cloud, LAB_NOAUTH, &[IMAGE]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("400") && err.contains("qcow2"), "{err}");
+    assert!(cloud.images_all().is_empty(), "{:#?}", cloud.images_all());
+}

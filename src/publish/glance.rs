@@ -181,16 +181,25 @@ impl Session {
         Ok(())
     }
 
-    /// Deletes an image; one already gone is fine.
+    /// Deletes an image; one already gone is fine. Right after a cut upload Glance may still
+    /// be closing the image's data and answer 500 or 409 for a moment: retried with backoff.
     pub fn delete(&self, id: &str) -> Result<()> {
         let url = self.url(&format!("/images/{id}"));
-        match self.retrying("DELETE", &url, true, || {
-            self.authed(self.client().delete(&url))
-        }) {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 404) => Ok(()),
-            Err(e) => Err(e),
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1..=5 {
+            match self.retrying("DELETE", &url, true, || {
+                self.authed(self.client().delete(&url))
+            }) {
+                Ok(_) => return Ok(()),
+                Err(e) if is_status(&e, 404) => return Ok(()),
+                Err(e) if attempt < 5 && (is_status(&e, 500) || is_status(&e, 409)) => {
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        unreachable!("the last attempt returns")
     }
 
     /// Applies a JSON patch (`[{"op": "replace", "path": "/os_hidden", "value": true}]`).

@@ -155,6 +155,11 @@ fn hint_for(status: u16, what: &str) -> Option<String> {
              admin); ask the cloud's admins or choose --visibility private|shared"
                 .into(),
         ),
+        400 => Some(
+            "the cloud refused the request as invalid: a disk format or property it does not \
+             accept? `strata preflight IMAGE --cloud NAME` checks the formats it takes"
+                .into(),
+        ),
         413 => Some("the image is bigger than the project's image quota allows".into()),
         415 => Some("the cloud refused the disk format or the content type".into()),
         _ => None,

@@ -6,7 +6,7 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -334,20 +334,88 @@ fn retryable(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Hashes what the upload reads, and moves the progress bar.
-struct Hashing<R> {
-    inner: R,
-    hashes: Arc<Mutex<(Sha256, Sha512, u64)>>,
+/// The upload's body: the file read and hashed on a thread of its own, in 1 MiB pieces (the
+/// HTTP client reads its body 8 KiB at a time on its runtime thread; hashing there would slow
+/// the sending). Moves the progress bar.
+struct Pipe {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
     task: Arc<Task>,
 }
 
-impl<R: Read> Read for Hashing<R> {
+/// What the reading thread found: sha256 and sha512 (hex) and the bytes read.
+type Hashed = (String, String, u64);
+
+impl Pipe {
+    fn start(file: std::fs::File, task: Arc<Task>) -> (Pipe, std::thread::JoinHandle<Hashed>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let reader = std::thread::spawn(move || {
+            let (mut s256, mut s512, mut n) = (Sha256::new(), Sha512::new(), 0u64);
+            let mut file = file;
+            loop {
+                let mut chunk = vec![0u8; 1 << 20];
+                let got = match read_full(&mut file, &mut chunk) {
+                    Ok(0) => break,
+                    Ok(got) => got,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                };
+                chunk.truncate(got);
+                s256.update(&chunk);
+                s512.update(&chunk);
+                n += got as u64;
+                if tx.send(Ok(chunk)).is_err() {
+                    break; // the upload ended early
+                }
+            }
+            (
+                hex::encode(s256.finalize()),
+                hex::encode(s512.finalize()),
+                n,
+            )
+        });
+        let pipe = Pipe {
+            rx,
+            cur: vec![],
+            pos: 0,
+            task,
+        };
+        (pipe, reader)
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+impl Read for Pipe {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let mut h = self.hashes.lock().expect("hash lock");
-        h.0.update(&buf[..n]);
-        h.1.update(&buf[..n]);
-        h.2 += n as u64;
+        if self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
         self.task.inc(n as u64);
         Ok(n)
     }
@@ -378,7 +446,6 @@ fn send(
         }
         methods.iter().any(|m| m == "glance-direct")
     };
-    let hashes = Arc::new(Mutex::new((Sha256::new(), Sha512::new(), 0u64)));
     report.method = Some(if import { "glance-direct" } else { "upload" }.into());
     let task = Arc::new(progress.task(
         format!(
@@ -388,20 +455,11 @@ fn send(
         ),
         Some(len),
     ));
-    let reader = Hashing {
-        inner: std::io::BufReader::with_capacity(1 << 20, file),
-        hashes: hashes.clone(),
-        task: task.clone(),
-    };
-    let sent = session.upload(id, reader, len, import);
-    let (sha256, sha512, bytes) = {
-        let h = hashes.lock().expect("hash lock");
-        (
-            hex::encode(h.0.clone().finalize()),
-            hex::encode(h.1.clone().finalize()),
-            h.2,
-        )
-    };
+    let (pipe, reader) = Pipe::start(file, task.clone());
+    let sent = session.upload(id, pipe, len, import);
+    let (sha256, sha512, bytes) = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread reading {path:?} panicked"))?;
     report.bytes_sent = bytes;
     match Arc::try_unwrap(task) {
         Ok(t) => t.finish(if sent.is_ok() { "sent" } else { "failed" }),

@@ -643,3 +643,109 @@ fn a_cloud_that_refuses_qcow2_says_so_and_keeps_nothing() {
     assert!(err.contains("400") && err.contains("qcow2"), "{err}");
     assert!(cloud.images_all().is_empty(), "{:#?}", cloud.images_all());
 }
+
+/// A tiny store (tests/common's project) with a hand-made qcow2 and disk record per image, as
+/// `strata disk` writes them (a real disk needs a kernel, which the tiny recipe has not).
+fn tiny_store_with_disks(versions: &str) -> (Project, PathBuf) {
+    let project = Project::with_versions(versions);
+    let store = project.root().join("output");
+    ok(project.build(&store));
+    let disks = store.join("disks");
+    std::fs::create_dir_all(&disks).unwrap();
+    for (i, (name, manifest)) in index_digests(&store).into_iter().enumerate() {
+        let stem = name.replace(':', "_");
+        let qcow2 = disks.join(format!("{stem}.qcow2"));
+        // Different virtual sizes: different bytes per image.
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&qcow2)
+            .arg(format!("{}G", i + 1))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let mtime = std::fs::metadata(&qcow2)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (sha256, bytes) =
+            strata::support::hash::hash_reader(std::fs::File::open(&qcow2).unwrap()).unwrap();
+        let record = json!({
+            "image": name, "manifest": manifest, "file": format!("{stem}.qcow2"),
+            "sha256": sha256.to_string(), "bytes": bytes, "mtime": mtime,
+            "virtual-size": ((i + 1) as u64) << 30, "min-disk-gib": i + 1,
+            "os-distro": "debian", "os-version": "12", "guest-agent": false,
+        });
+        std::fs::write(
+            disks.join(format!("{stem}.disk.json")),
+            serde_json::to_vec_pretty(&record).unwrap(),
+        )
+        .unwrap();
+    }
+    (project, store)
+}
+
+#[test]
+fn publish_all_sends_only_the_images_glance_does_not_hold() {
+    let Some(cloud) = Cloud::shared(Mode::NoAuth) else {
+        return;
+    };
+    if !require("qemu-img") {
+        return;
+    }
+    let (project, store) = tiny_store_with_disks(TINY_VERSIONS);
+    let names: Vec<String> = index_digests(&store).into_keys().collect();
+    assert!(names.len() >= 2, "{names:?}");
+    let cache = project.root().join("cache");
+    let run_publish = |args: &[&str]| {
+        let mut c = strata(&cache);
+        cloud.configure(&mut c, LAB_NOAUTH);
+        c.args(["publish", "--json", "-o"]).arg(&store).args(args);
+        json(&ok(c))
+    };
+    // One of them first, as a release job would have done before.
+    let first = run_publish(&[&names[0]]);
+    assert_eq!(first["images"][0]["outcome"], "created");
+    // --all: that one is left alone, every other one is sent.
+    let all = run_publish(&["--all"]);
+    let outcomes: Vec<(String, String)> = all["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["image"].as_str().unwrap().to_owned(),
+                i["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(outcomes.len(), names.len(), "{outcomes:?}");
+    for (name, outcome) in &outcomes {
+        let want = if *name == names[0] {
+            "already-published"
+        } else {
+            "created"
+        };
+        assert_eq!(outcome, want, "{name}: {outcomes:?}");
+    }
+    let images = cloud.images_all();
+    assert_eq!(images.len(), names.len(), "{images:#?}");
+    let mut in_glance: Vec<&str> = images
+        .iter()
+        .map(|i| i["strata_image"].as_str().unwrap())
+        .collect();
+    in_glance.sort();
+    assert_eq!(
+        in_glance,
+        names.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    // Again: nothing to send.
+    let again = run_publish(&["--all"]);
+    for i in again["images"].as_array().unwrap() {
+        assert_eq!(i["outcome"], "already-published", "{i:#}");
+        assert_eq!(i["bytes-sent"], 0);
+    }
+    assert_eq!(cloud.images_all().len(), names.len());
+}

@@ -157,7 +157,10 @@ fn publish_uploads_verifies_sets_properties_and_is_idempotent() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p["glance-id"] == img["id"])
+        .filter(|p| {
+            p["glance-id"] == img["id"]
+                && p["image-endpoint"] == format!("{}/v2", cloud.glance_url).as_str()
+        })
         .collect();
     assert!(ours.len() >= 2, "{pubs:#}");
     assert_eq!(ours[0]["outcome"], "created");
@@ -670,11 +673,11 @@ fn tiny_store_with_disks(versions: &str) -> (Project, PathBuf) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let (sha256, bytes) =
-            strata::support::hash::hash_reader(std::fs::File::open(&qcow2).unwrap()).unwrap();
+        let (sha256, sha512, bytes) =
+            strata::support::hash::sha256_and_sha512(std::fs::File::open(&qcow2).unwrap()).unwrap();
         let record = json!({
             "image": name, "manifest": manifest, "file": format!("{stem}.qcow2"),
-            "sha256": sha256.to_string(), "bytes": bytes, "mtime": mtime,
+            "sha256": sha256.to_string(), "sha512": sha512, "bytes": bytes, "mtime": mtime,
             "virtual-size": ((i + 1) as u64) << 30, "min-disk-gib": i + 1,
             "os-distro": "debian", "os-version": "12", "guest-agent": false,
         });
@@ -748,4 +751,36 @@ fn publish_all_sends_only_the_images_glance_does_not_hold() {
         assert_eq!(i["bytes-sent"], 0);
     }
     assert_eq!(cloud.images_all().len(), names.len());
+}
+
+#[test]
+fn a_disk_corrupted_after_it_was_made_is_caught_and_nothing_stays_in_glance() {
+    let Some(cloud) = Cloud::shared(Mode::NoAuth) else {
+        return;
+    };
+    if !require("qemu-img") {
+        return;
+    }
+    let (project, store) = tiny_store_with_disks(TINY_VERSIONS);
+    let name = index_digests(&store).into_keys().next().unwrap();
+    let qcow2 = store.join(format!("disks/{}.qcow2", name.replace(':', "_")));
+    // Flip one byte, keeping size and modification time: silent corruption on disk.
+    let mtime = std::fs::metadata(&qcow2).unwrap().modified().unwrap();
+    let mut data = std::fs::read(&qcow2).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&qcow2, &data).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&qcow2)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let mut c = strata(&project.root().join("cache"));
+    cloud.configure(&mut c, LAB_NOAUTH);
+    c.args(["publish", &name, "-o"]).arg(&store);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("sha512"), "{}", stderr(&out));
+    assert!(cloud.images_all().is_empty(), "{:#?}", cloud.images_all());
 }

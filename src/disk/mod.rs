@@ -526,9 +526,8 @@ fn record_disk(
     virtual_size: u64,
     guest_agent: bool,
 ) -> Result<()> {
-    let (sha256, bytes) =
-        crate::support::hash::hash_reader(std::io::BufReader::new(fsx::open(disk)?))
-            .with_context(|| format!("hashing {disk:?}"))?;
+    let (sha256, sha512, bytes) = crate::support::hash::sha256_and_sha512(fsx::open(disk)?)
+        .with_context(|| format!("hashing {disk:?}"))?;
     let osrel = String::from_utf8_lossy(osrel);
     let field = |key: &str| {
         osrel.lines().find_map(|l| {
@@ -545,6 +544,7 @@ fn record_disk(
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
         sha256,
+        sha512: Some(sha512),
         bytes,
         mtime: disks::mtime_of(disk)?,
         virtual_size,

@@ -29,6 +29,10 @@ pub struct DiskRecord {
     /// The qcow2's file name in `disks/`.
     pub file: String,
     pub sha256: Digest,
+    /// SHA-512, hex: what Glance's `os_hash_value` is compared with (absent in records of an
+    /// older strata: publish then hashes the file first).
+    #[serde(default)]
+    pub sha512: Option<String>,
     pub bytes: u64,
     /// The qcow2's modification time (seconds) when recorded: a changed file is noticed
     /// without re-hashing it.

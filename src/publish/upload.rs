@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256, Sha384, Sha512};
+use sha2::{Sha384, Sha512};
 
 use super::glance::{Created, Image};
 use super::session::{CloudError, Session};
@@ -334,9 +334,9 @@ fn retryable(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The upload's body: the file read and hashed on a thread of its own, in 1 MiB pieces (the
-/// HTTP client reads its body 8 KiB at a time on its runtime thread; hashing there would slow
-/// the sending). Moves the progress bar.
+/// The upload's body: the file read on a thread of its own in 1 MiB pieces (the HTTP client
+/// reads its body 8 KiB at a time on its runtime thread). Nothing is hashed while sending: the
+/// disk record's SHA-512 is what Glance's hash is compared with. Moves the progress bar.
 struct Pipe {
     rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     cur: Vec<u8>,
@@ -344,14 +344,12 @@ struct Pipe {
     task: Arc<Task>,
 }
 
-/// What the reading thread found: sha256 and sha512 (hex) and the bytes read.
-type Hashed = (String, String, u64);
-
 impl Pipe {
-    fn start(file: std::fs::File, task: Arc<Task>) -> (Pipe, std::thread::JoinHandle<Hashed>) {
+    /// Returns the pipe and the reading thread (its result: the bytes read).
+    fn start(file: std::fs::File, task: Arc<Task>) -> (Pipe, std::thread::JoinHandle<u64>) {
         let (tx, rx) = std::sync::mpsc::sync_channel(4);
         let reader = std::thread::spawn(move || {
-            let (mut s256, mut s512, mut n) = (Sha256::new(), Sha512::new(), 0u64);
+            let mut n = 0u64;
             let mut file = file;
             loop {
                 let mut chunk = vec![0u8; 1 << 20];
@@ -364,18 +362,12 @@ impl Pipe {
                     }
                 };
                 chunk.truncate(got);
-                s256.update(&chunk);
-                s512.update(&chunk);
                 n += got as u64;
                 if tx.send(Ok(chunk)).is_err() {
                     break; // the upload ended early
                 }
             }
-            (
-                hex::encode(s256.finalize()),
-                hex::encode(s512.finalize()),
-                n,
-            )
+            n
         });
         let pipe = Pipe {
             rx,
@@ -436,6 +428,15 @@ fn send(
         .metadata()
         .with_context(|| format!("reading the size of {path:?}"))?
         .len();
+    if len != disk.bytes {
+        return Err(ChecksumMismatch {
+            what: format!("size of {path:?} (changed since `strata disk` made it; make it again)"),
+            algorithm: "size",
+            expected: disk.bytes.to_string(),
+            found: len.to_string(),
+        }
+        .into());
+    }
     let import = opts.import && {
         let methods = session.import_methods()?;
         if !methods.iter().any(|m| m == "glance-direct") {
@@ -457,7 +458,7 @@ fn send(
     ));
     let (pipe, reader) = Pipe::start(file, task.clone());
     let sent = session.upload(id, pipe, len, import);
-    let (sha256, sha512, bytes) = reader
+    let bytes = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the thread reading {path:?} panicked"))?;
     report.bytes_sent = bytes;
@@ -466,31 +467,21 @@ fn send(
         Err(_) => progress.say("upload ended"),
     }
     sent?;
+    if bytes != len {
+        bail!("{path:?} changed while it was sent ({bytes} bytes read, {len} expected)");
+    }
     if import {
         session.import(id)?;
     }
-    if bytes != len || format!("sha256:{sha256}") != disk.sha256.to_string() {
-        return Err(ChecksumMismatch {
-            what: format!("{path:?} (changed since `strata disk` made it; make it again)"),
-            algorithm: "sha256",
-            expected: disk.sha256.to_string(),
-            found: format!("sha256:{sha256}"),
-        }
-        .into());
-    }
     let img = wait_active(session, id, opts.wait, progress)?;
-    verify(&img, path, len, &sha512, report)?;
+    verify(&img, path, disk, report)?;
     Ok(img)
 }
 
-/// Compares what Glance computed with the file; a conversion is reported, not failed.
-fn verify(
-    img: &Image,
-    path: &Path,
-    len: u64,
-    sha512: &str,
-    report: &mut ImageReport,
-) -> Result<()> {
+/// Compares what Glance computed with the disk record (made when `strata disk` wrote the file):
+/// a file changed since, or bytes corrupted on the way, both differ. A conversion is
+/// reported, not failed.
+fn verify(img: &Image, path: &Path, disk: &DiskRecord, report: &mut ImageReport) -> Result<()> {
     let format = img.disk_format.clone().unwrap_or_default();
     if format != "qcow2" {
         report.verified = Some(format!(
@@ -503,11 +494,11 @@ fn verify(
         });
         return Ok(());
     }
-    if img.size != Some(len) {
+    if img.size != Some(disk.bytes) {
         return Err(ChecksumMismatch {
             what: format!("size of Glance image {}", img.id),
             algorithm: "size",
-            expected: len.to_string(),
+            expected: disk.bytes.to_string(),
             found: img.size.map(|s| s.to_string()).unwrap_or("none".into()),
         }
         .into());
@@ -517,8 +508,14 @@ fn verify(
         return Ok(());
     };
     let (name, local): (&'static str, String) = match algo.as_str() {
-        "sha512" => ("sha512", sha512.to_owned()),
-        "sha256" => ("sha256", hash_file::<Sha256>(path)?),
+        "sha512" => (
+            "sha512",
+            match &disk.sha512 {
+                Some(h) => h.clone(),
+                None => hash_file::<Sha512>(path)?,
+            },
+        ),
+        "sha256" => ("sha256", disk.sha256.digest().to_string()),
         "sha384" => ("sha384", hash_file::<Sha384>(path)?),
         other => {
             report.verified = Some(format!(
@@ -529,7 +526,11 @@ fn verify(
     };
     if !value.eq_ignore_ascii_case(&local) {
         return Err(ChecksumMismatch {
-            what: format!("Glance image {}", img.id),
+            what: format!(
+                "Glance image {} (against the disk record: the file changed since `strata disk` \
+                 made it, or bytes were corrupted on the way)",
+                img.id
+            ),
             algorithm: name,
             expected: local,
             found: value.clone(),

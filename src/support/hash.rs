@@ -42,6 +42,30 @@ pub fn hash_reader(mut r: impl Read) -> io::Result<(Digest, u64)> {
     Ok((sha256_digest(&h.finalize().into()), n))
 }
 
+/// SHA-256 (a digest) and SHA-512 (hex) of a stream in one pass, and its length: what a disk
+/// record keeps (Glance's usual `os_hash_algo` is sha512).
+pub fn sha256_and_sha512(mut r: impl Read) -> io::Result<(Digest, String, u64)> {
+    let (mut a, mut b) = (Sha256::new(), sha2::Sha512::new());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let got = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        sha2::Digest::update(&mut a, &buf[..got]);
+        sha2::Digest::update(&mut b, &buf[..got]);
+        n += got as u64;
+    }
+    Ok((
+        sha256_digest(&sha2::Digest::finalize(a).into()),
+        hex::encode(sha2::Digest::finalize(b)),
+        n,
+    ))
+}
+
 /// SHA-512 of a file, hex; the error names the file.
 pub fn sha512_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {path:?}"))?;

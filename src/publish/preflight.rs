@@ -1353,6 +1353,7 @@ mod tests {
             manifest: d.clone(),
             file: "tiny_3.3.6.qcow2".into(),
             sha256: d,
+            sha512: None,
             bytes: 300 << 20,
             mtime: 0,
             virtual_size: 3 << 30,

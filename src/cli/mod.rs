@@ -352,6 +352,61 @@ fn show<T: serde::Serialize>(cli: &Cli, v: &T, text: impl FnOnce(&T) -> String) 
     }
 }
 
+/// `strata publish`: the images (or the whole store), the options, the report.
+fn publish(cli: &Cli) -> Result<()> {
+    let Command::Publish {
+        images,
+        all,
+        cloud,
+        visibility,
+        members,
+        protected,
+        tags,
+        import,
+        dry_run,
+        keep,
+        prune,
+        allow_private_key,
+        timeout,
+        wait,
+    } = &cli.command
+    else {
+        unreachable!("publish() is called for the publish command")
+    };
+    let images = if *all {
+        inspect::ls(&cli.output)?
+            .into_iter()
+            .map(|i| i.name)
+            .collect()
+    } else if images.is_empty() {
+        return Err(crate::support::error::BadInput(
+            "name the images to publish (e.g. hadoop-lab:3.3.6), or pass --all".into(),
+        )
+        .into());
+    } else {
+        images.clone()
+    };
+    let opts = crate::publish::Options {
+        output: cli.output.clone(),
+        cloud: cloud.clone(),
+        visibility: *visibility,
+        protected: *protected,
+        members: members.clone(),
+        tags: tags.clone(),
+        import: *import,
+        dry_run: *dry_run,
+        prune: *prune,
+        keep: keep.map(|k| k as usize),
+        allow_private_key: *allow_private_key,
+        timeout: std::time::Duration::from_secs(*timeout),
+        wait: std::time::Duration::from_secs(*wait),
+        quiet: cli.quiet,
+    };
+    let ensure_disk = |image: &str| ensure_disk(cli, image);
+    let rep = crate::publish::publish(&opts, &images, &ensure_disk)?;
+    show(cli, &rep, text::publish)
+}
+
 /// The image's disk, made (as `strata disk` makes it, without a boot test) when it is missing
 /// or was made from another build of the image.
 fn ensure_disk(cli: &Cli, image: &str) -> Result<crate::oci::disks::DiskRecord> {
@@ -448,55 +503,7 @@ pub fn run(cli: Cli) -> Result<()> {
             })?;
             show(&cli, &rep, text::disk)
         }
-        Command::Publish {
-            images,
-            all,
-            cloud,
-            visibility,
-            members,
-            protected,
-            tags,
-            import,
-            dry_run,
-            keep,
-            prune,
-            allow_private_key,
-            timeout,
-            wait,
-        } => {
-            let images = if *all {
-                inspect::ls(&cli.output)?
-                    .into_iter()
-                    .map(|i| i.name)
-                    .collect()
-            } else if images.is_empty() {
-                return Err(crate::support::error::BadInput(
-                    "name the images to publish (e.g. hadoop-lab:3.3.6), or pass --all".into(),
-                )
-                .into());
-            } else {
-                images.clone()
-            };
-            let opts = crate::publish::Options {
-                output: cli.output.clone(),
-                cloud: cloud.clone(),
-                visibility: *visibility,
-                protected: *protected,
-                members: members.clone(),
-                tags: tags.clone(),
-                import: *import,
-                dry_run: *dry_run,
-                prune: *prune,
-                keep: keep.map(|k| k as usize),
-                allow_private_key: *allow_private_key,
-                timeout: std::time::Duration::from_secs(*timeout),
-                wait: std::time::Duration::from_secs(*wait),
-                quiet: cli.quiet,
-            };
-            let ensure_disk = |image: &str| ensure_disk(&cli, image);
-            let rep = crate::publish::publish(&opts, &images, &ensure_disk)?;
-            show(&cli, &rep, text::publish)
-        }
+        Command::Publish { .. } => publish(&cli),
         Command::Ls => show(&cli, &inspect::ls(&cli.output)?, |r| text::ls(r.as_slice())),
         Command::Inspect { image } => {
             show(&cli, &inspect::inspect(&cli.output, image)?, text::inspect)

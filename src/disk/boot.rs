@@ -37,6 +37,54 @@ pub struct BootResult {
     pub key_delivery: Option<KeyDeliveryResult>,
 }
 
+/// The boot check's `key=value` pairs, and what is wrong: no login prompt, no check line, or
+/// a value other than the one a healthy node reports.
+fn read_check(
+    check_line: Option<&str>,
+    login: Option<f64>,
+    timeout: Duration,
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut check = BTreeMap::new();
+    if let Some(l) = check_line {
+        let l = &l[l.find(CHECK_MARKER).unwrap_or(0) + CHECK_MARKER.len()..];
+        for kv in l.split_whitespace() {
+            if let Some((k, v)) = kv.split_once('=') {
+                check.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    if login.is_none() {
+        problems.push(format!(
+            "no login: prompt on the serial console within {}s",
+            timeout.as_secs()
+        ));
+    }
+    if check_line.is_none() {
+        problems.push("the boot check never reported".into());
+    }
+    let want = [
+        ("state", "running"),
+        ("failed", "none"),
+        ("user", "ok"),
+        ("env", "ok"),
+        ("java", "ok"),
+        ("sshd", "active"),
+        ("configs", "ok"),
+    ];
+    if check_line.is_some() {
+        for (k, v) in want {
+            if check.get(k).map(String::as_str) != Some(v) {
+                problems.push(format!(
+                    "{k}={} (want {v})",
+                    check.get(k).map(String::as_str).unwrap_or("?")
+                ));
+            }
+        }
+    }
+    (check, problems)
+}
+
 /// Boots a disk under QEMU (a throw-away snapshot) and reads the console; with `key`, delivers
 /// it on a config drive and logs in with it once the guest is up.
 pub fn boot_test(
@@ -132,44 +180,7 @@ pub fn boot_test(
         _ => None,
     };
     qemu.stop();
-    let mut check = BTreeMap::new();
-    if let Some(l) = &check_line {
-        let l = &l[l.find(CHECK_MARKER).unwrap_or(0) + CHECK_MARKER.len()..];
-        for kv in l.split_whitespace() {
-            if let Some((k, v)) = kv.split_once('=') {
-                check.insert(k.to_string(), v.to_string());
-            }
-        }
-    }
-    let mut problems = Vec::new();
-    if login.is_none() {
-        problems.push(format!(
-            "no login: prompt on the serial console within {}s",
-            timeout.as_secs()
-        ));
-    }
-    if check_line.is_none() {
-        problems.push("the boot check never reported".into());
-    }
-    let want = [
-        ("state", "running"),
-        ("failed", "none"),
-        ("user", "ok"),
-        ("env", "ok"),
-        ("java", "ok"),
-        ("sshd", "active"),
-        ("configs", "ok"),
-    ];
-    if check_line.is_some() {
-        for (k, v) in want {
-            if check.get(k).map(String::as_str) != Some(v) {
-                problems.push(format!(
-                    "{k}={} (want {v})",
-                    check.get(k).map(String::as_str).unwrap_or("?")
-                ));
-            }
-        }
-    }
+    let (check, mut problems) = read_check(check_line.as_deref(), login, timeout);
     if let (Some(kt), Some(kd)) = (key, &key_delivery) {
         problems.extend(kd.problems(&kt.user.name));
     }

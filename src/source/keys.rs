@@ -204,29 +204,35 @@ pub fn for_image(
 /// Writes the user data of `key` for `user` beside the recipe's generated keys
 /// (`<key dir>/<recipe>/user-data`, mode 0600, replaced atomically) and returns its path.
 pub fn write_user_data(recipe: &str, key: &ClusterKey, user: &User) -> Result<PathBuf> {
+    let path = default_key_dir().join(recipe).join("user-data");
+    write_secret(&path, user_data(key, user).as_bytes())?;
+    Ok(path)
+}
+
+/// Writes a secret: its directory made 0700, the file 0600 through a temp name, synced, renamed.
+fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = default_key_dir().join(recipe);
+    let dir = path
+        .parent()
+        .context("a secret's path without a directory")?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)
+        .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("user-data");
-    let tmp = dir.join(".user-data.tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(user_data(key, user).as_bytes())?;
-        f.sync_all()?;
-    }
-    crate::support::fsx::rename(&tmp, &path)?;
-    Ok(path)
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    crate::support::fsx::rename(&tmp, path)
 }
 
 /// The default place for generated keys.
@@ -276,31 +282,11 @@ fn generated_path(recipe: &str) -> PathBuf {
 }
 
 fn generate(path: &Path, recipe: &str) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = path.parent().context("key path without a directory")?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
     let mut key = PrivateKey::random(&mut ssh_key::rand_core::OsRng, Algorithm::Ed25519)
         .context("generating an ed25519 key")?;
     key.set_comment(format!("hadoop@{recipe}"));
     let pem = key.to_openssh(LineEnding::LF)?;
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(pem.as_bytes())?;
-        f.sync_all()?;
-    }
-    crate::support::fsx::rename(&tmp, path)?;
+    write_secret(path, pem.as_bytes())?;
     eprintln!(
         "strata: generated the cluster SSH key {} (kept for later builds; set {KEY_ENV} to use another)",
         path.display()

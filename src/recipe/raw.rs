@@ -184,15 +184,15 @@ pub struct RawLine {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawUser {
     #[serde(default)]
-    pub name: Option<String>,
+    pub name: Option<Spanned<String>>,
     #[serde(default)]
-    pub uid: Option<u32>,
+    pub uid: Option<Spanned<u32>>,
     #[serde(default)]
-    pub gid: Option<u32>,
+    pub gid: Option<Spanned<u32>>,
     #[serde(default)]
-    pub home: Option<String>,
+    pub home: Option<Spanned<String>>,
     #[serde(default)]
-    pub shell: Option<String>,
+    pub shell: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

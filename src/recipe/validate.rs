@@ -44,7 +44,7 @@ pub fn validate(
     let base = base(&cx, &raw.base, root)?;
     let jdks = jdks(&cx, &raw.jdk, &base, root)?;
     let lines = lines(&cx, raw, &versions, &jdks, catalogue)?;
-    let user = user(raw.user.as_ref());
+    let user = user(&cx, raw.user.as_ref())?;
     let layers = layers(&cx, raw, root)?;
     let ssh = ssh(&cx, raw.ssh.as_ref(), &layers, root)?;
     let dist = dist(&cx, raw.dist.as_ref(), &versions, catalogue, root)?;
@@ -404,20 +404,85 @@ fn line_choice(
 }
 
 /// `[user]`: `hadoop`, 1000:1000, by default.
-fn user(ru: Option<&RawUser>) -> User {
-    User {
-        name: ru
-            .and_then(|u| u.name.clone())
-            .unwrap_or_else(|| "hadoop".into()),
-        uid: ru.and_then(|u| u.uid).unwrap_or(1000),
-        gid: ru.and_then(|u| u.gid).unwrap_or(1000),
-        home: ru
-            .and_then(|u| u.home.clone())
-            .unwrap_or_else(|| "/home/hadoop".into()),
-        shell: ru
-            .and_then(|u| u.shell.clone())
-            .unwrap_or_else(|| "/bin/bash".into()),
+fn user(cx: &Ctx, ru: Option<&RawUser>) -> Result<User, Located> {
+    let text = |f: Option<&Spanned<String>>, key: &str, default: &str| -> Result<String, Located> {
+        let Some(v) = f else {
+            return Ok(default.into());
+        };
+        let s = v.get_ref();
+        // Account files are `:`-separated lines: either would forge fields or whole accounts.
+        if s.contains(':') || s.contains('\n') || s.contains('\r') || s.contains('\0') {
+            return Err(cx.err(
+                v.span(),
+                key,
+                format!("{s:?} contains ':', a newline or NUL, which /etc/passwd cannot hold"),
+            ));
+        }
+        Ok(s.clone())
+    };
+    let name = text(ru.and_then(|u| u.name.as_ref()), "user.name", "hadoop")?;
+    if let Some(v) = ru.and_then(|u| u.name.as_ref())
+        && !valid_user_name(&name)
+    {
+        return Err(cx.err(
+            v.span(),
+            "user.name",
+            format!(
+                "{name:?} is not a valid user name: 1 to 32 of a-z, 0-9, '_', '-' (first a letter \
+                 or '_'), as Debian's useradd accepts; and not root"
+            ),
+        ));
     }
+    let home = text(
+        ru.and_then(|u| u.home.as_ref()),
+        "user.home",
+        "/home/hadoop",
+    )?;
+    let shell = text(ru.and_then(|u| u.shell.as_ref()), "user.shell", "/bin/bash")?;
+    for (v, key, value) in [
+        (ru.and_then(|u| u.home.as_ref()), "user.home", &home),
+        (ru.and_then(|u| u.shell.as_ref()), "user.shell", &shell),
+    ] {
+        if let Some(v) = v
+            && (!value.starts_with('/') || value.split('/').any(|c| c == ".."))
+        {
+            return Err(cx.err(
+                v.span(),
+                key,
+                format!("{value:?} must be an absolute path without '..'"),
+            ));
+        }
+    }
+    let id = |f: Option<&Spanned<u32>>, key: &str| -> Result<u32, Located> {
+        match f {
+            None => Ok(1000),
+            Some(v) if *v.get_ref() == 0 => Err(cx.err(
+                v.span(),
+                key,
+                "0 is root's: the lab user must be an ordinary account",
+            )),
+            Some(v) => Ok(*v.get_ref()),
+        }
+    };
+    Ok(User {
+        name,
+        uid: id(ru.and_then(|u| u.uid.as_ref()), "user.uid")?,
+        gid: id(ru.and_then(|u| u.gid.as_ref()), "user.gid")?,
+        home,
+        shell,
+    })
+}
+
+/// Debian's default `NAME_REGEX` for useradd (`^[a-z][-a-z0-9_]*$`, plus a leading `_`), at
+/// most 32 characters; `root` is refused (the image would lose its uid-0 account).
+fn valid_user_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    n.len() <= 32
+        && n != "root"
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// `[[layer]]`: names (unique, not reserved) and roles. The directories are only joined to the
@@ -1448,6 +1513,82 @@ mod tests {
                 None,
             ),
         ]);
+    }
+
+    /// `[user]`: names as useradd takes them, no field that could forge passwd lines, no root.
+    #[test]
+    fn user_errors() {
+        expect(vec![
+            (
+                "newline in the name",
+                with("[user]\nname = \"x\\nroot::0:0::/:/bin/sh\"\n"),
+                "user.name",
+                8,
+                "which /etc/passwd cannot hold",
+                None,
+            ),
+            (
+                "colon in the shell",
+                with("[user]\nshell = \"/bin/sh:x\"\n"),
+                "user.shell",
+                8,
+                "which /etc/passwd cannot hold",
+                None,
+            ),
+            (
+                "newline in the home",
+                with("[user]\nhome = \"/home/x\\n\"\n"),
+                "user.home",
+                8,
+                "which /etc/passwd cannot hold",
+                None,
+            ),
+            (
+                "root as the user",
+                with("[user]\nname = \"root\"\n"),
+                "user.name",
+                8,
+                "not a valid user name",
+                None,
+            ),
+            (
+                "upper case name",
+                with("[user]\nname = \"Hadoop\"\n"),
+                "user.name",
+                8,
+                "not a valid user name",
+                None,
+            ),
+            (
+                "relative home",
+                with("[user]\nhome = \"home/hadoop\"\n"),
+                "user.home",
+                8,
+                "absolute path",
+                None,
+            ),
+            (
+                "home with ..",
+                with("[user]\nhome = \"/home/../etc\"\n"),
+                "user.home",
+                8,
+                "without '..'",
+                None,
+            ),
+            (
+                "uid 0",
+                with("[user]\nuid = 0\n"),
+                "user.uid",
+                8,
+                "root's",
+                None,
+            ),
+        ]);
+        let ok = check(&with(
+            "[user]\nname = \"_lab-user2\"\nhome = \"/srv/lab\"\nshell = \"/bin/sh\"\n",
+        ))
+        .unwrap();
+        assert_eq!(ok.user.name, "_lab-user2");
     }
 
     #[test]

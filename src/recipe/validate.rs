@@ -854,13 +854,27 @@ pub(crate) fn resolve_paths(
     let cx = Ctx { file, src };
     if let (Base::Tarball { path, .. } | Base::Oci { path, .. }, Some(p)) =
         (&recipe.base, &raw.base.get_ref().path)
-        && !path.exists()
     {
-        return Err(cx.err(
-            p.span(),
-            "base.path",
-            format!("{} does not exist", path.display()),
-        ));
+        // A device or a FIFO would be read (and hashed) forever: a tarball is a regular file,
+        // an OCI layout a directory.
+        let (ok, want) = match &recipe.base {
+            Base::Tarball { .. } => (path.is_file(), "a regular file (a tar)"),
+            _ => (path.is_dir(), "a directory (an OCI image layout)"),
+        };
+        if !path.exists() {
+            return Err(cx.err(
+                p.span(),
+                "base.path",
+                format!("{} does not exist", path.display()),
+            ));
+        }
+        if !ok {
+            return Err(cx.err(
+                p.span(),
+                "base.path",
+                format!("{} is not {want}", path.display()),
+            ));
+        }
     }
     let canon_root = recipe.root.canonicalize().map_err(|e| {
         cx.err(
@@ -1697,6 +1711,28 @@ mod tests {
                 "base.path",
                 7,
                 format!("{r}/none.tar does not exist"),
+            ),
+            (
+                // A device would be hashed forever.
+                base_with("source = \"tarball\"\npath = \"/dev/zero\"\n"),
+                &root,
+                "base.path",
+                7,
+                "/dev/zero is not a regular file (a tar)".to_string(),
+            ),
+            (
+                base_with("source = \"tarball\"\npath = \"layers\"\n"),
+                &root,
+                "base.path",
+                7,
+                format!("{r}/layers is not a regular file (a tar)"),
+            ),
+            (
+                base_with("source = \"oci\"\npath = \"plain\"\nref = \"x\"\n"),
+                &root,
+                "base.path",
+                7,
+                format!("{r}/plain is not a directory (an OCI image layout)"),
             ),
             (
                 MIN.to_string(),

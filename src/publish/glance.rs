@@ -162,13 +162,20 @@ impl Session {
         ));
         // An answer is due `timeout` after the last byte; allow one second per MiB to send.
         let timeout = self.timeout + Duration::from_secs(len >> 20);
-        let r = self
-            .authed(self.client().put(&url))
-            .header("Content-Type", "application/octet-stream")
-            .header("Content-Length", len)
-            .timeout(timeout)
-            .body(Body::sized(reader, len));
-        self.retrying_once("PUT", &url, r)
+        // Sent once (`retry` false): the body is a stream that cannot be read twice.
+        let body = std::cell::Cell::new(Some(Body::sized(reader, len)));
+        self.retrying("PUT", &url, false, || {
+            let r = self
+                .authed(self.client().put(&url))
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Length", len)
+                .timeout(timeout);
+            match body.take() {
+                Some(b) => r.body(b),
+                None => r,
+            }
+        })?;
+        Ok(())
     }
 
     /// Starts a `glance-direct` import of the staged data.
@@ -251,40 +258,6 @@ impl Session {
             Ok(v) => Ok(Some(v)),
             Err(e) if is_status(&e, 404) => Ok(None),
             Err(e) => Err(e),
-        }
-    }
-
-    /// Sends a request that must not be repeated (an upload): one try, errors typed.
-    fn retrying_once(
-        &self,
-        method: &str,
-        url: &str,
-        r: reqwest::blocking::RequestBuilder,
-    ) -> Result<()> {
-        match r.send() {
-            Ok(resp) if resp.status().is_success() => Ok(()),
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let body = resp.text().unwrap_or_default();
-                Err(CloudError::Status {
-                    method: method.into(),
-                    url: url.into(),
-                    status,
-                    message: body.chars().take(300).collect::<String>().trim().to_owned(),
-                    hint: None,
-                }
-                .into())
-            }
-            Err(e) => Err(CloudError::Unreachable {
-                method: method.into(),
-                url: url.into(),
-                message: if e.is_timeout() {
-                    format!("no answer in time (--timeout {}s)", self.timeout.as_secs())
-                } else {
-                    format!("the upload was cut: {e}")
-                },
-            }
-            .into()),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use sha2::{Sha384, Sha512};
+use sha2::Sha384;
 
 use super::glance::{Created, Image};
 use super::session::{CloudError, Session};
@@ -512,7 +512,7 @@ fn verify(img: &Image, path: &Path, disk: &DiskRecord, report: &mut ImageReport)
             "sha512",
             match &disk.sha512 {
                 Some(h) => h.clone(),
-                None => hash_file::<Sha512>(path)?,
+                None => crate::support::hash::sha512_file(path)?,
             },
         ),
         "sha256" => ("sha256", disk.sha256.digest().to_string()),

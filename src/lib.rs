@@ -13,8 +13,9 @@
 //!  ├─▶ inspect/  ls, inspect, diff, verify, gc, export                       │ never import
 //!  ├─▶ report/   sizes, sharing, budgets; text, JSON, HTML page            │ each other
 //!  ├─▶ disk/     flatten → ext4/GPT/UKI/GRUB → qcow2; boot test            │
-//!  └─▶ publish/  clouds.yaml + Keystone, Glance upload/verify/rotate,     ┘
-//!        │        preflight (push/pull and Docker go beside it)
+//!  ├─▶ publish/  clouds.yaml + Keystone, Glance upload/verify/rotate,     │
+//!  │             preflight                                                   │
+//!  └─▶ share/    push to and pull from an OCI registry                      ┘
 //!        ▼
 //! source/     where a layer's entries come from: base and JDK root filesystems (mmdebstrap,
 //!             tarballs), downloads, directory templates, accounts, the cluster key
@@ -22,7 +23,8 @@
 //! cache/      layer records and blobs by input key; base root filesystems; downloads
 //!        ▼
 //! oci/        the store (an OCI image layout), image documents, the typed store record, a
-//!             read-only view of the images     (a registry client goes beside it, same band)
+//!             read-only view of the images; beside it, same band: registry/, the OCI
+//!             distribution client (references, auth, blobs, manifests; imports only support)
 //!        ▼
 //! recipe/     raw TOML → validated model; the Hadoop catalogue
 //!        ▼
@@ -49,6 +51,8 @@ pub(crate) mod oci;
 pub(crate) mod policy;
 pub mod publish;
 pub mod recipe;
+pub mod registry;
 pub(crate) mod report;
+pub mod share;
 pub mod source;
 pub mod support;

@@ -3,6 +3,7 @@
 use crate::policy::BudgetExceeded;
 use crate::publish::preflight::PreflightFailed;
 use crate::publish::session::CloudError;
+use crate::registry::RegistryError;
 use crate::support::error::{BadInput, ChecksumMismatch, Damaged, Located, exit};
 
 /// Picks the exit code for an error chain: the first typed cause decides.
@@ -22,6 +23,11 @@ pub fn code(err: &anyhow::Error) -> u8 {
         }
         if cause.is::<PreflightFailed>() {
             return exit::PREFLIGHT;
+        }
+        if let Some(e) = cause.downcast_ref::<RegistryError>()
+            && e.refused()
+        {
+            return exit::CLOUD_REFUSED;
         }
         if let Some(CloudError::Status { status, .. }) = cause.downcast_ref::<CloudError>()
             && matches!(status, 400 | 401 | 403 | 413 | 415)

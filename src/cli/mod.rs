@@ -31,6 +31,8 @@ Quick start:
   strata verify                     re-hash every blob, check every manifest
   strata disk hadoop-lab:3.3.6 --boot-test
   strata publish hadoop-lab:3.3.6 --cloud lab     upload its disk to Glance, verified
+  strata push --all registry.example.org/team/hadoop-lab    every image, to a registry
+  strata pull registry.example.org/team/hadoop-lab:3.3.6 -o lab    and back, byte for byte
 
 Environment:
   SOURCE_DATE_EPOCH  overrides the recipe's `epoch`: timestamps in layers, configs and the
@@ -40,10 +42,12 @@ Environment:
                      ~/.local/share/strata/cluster-keys/<recipe>/)
   CI                 plain progress lines instead of bars
   OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_AUTH_URL, OS_*   the cloud for publish (as openstack's)
+  STRATA_REGISTRY_USER, STRATA_REGISTRY_PASSWORD       registry credentials for push and pull
+  DOCKER_CONFIG      where Docker's config.json is (registry credentials; default ~/.docker)
 
 Exit codes: 0 ok, 1 failure (a tool, the network, the disk), 2 bad input (recipe, arguments,
 template, tarball, clouds.yaml), 3 checksum mismatch, 4 damaged store (verify, report), 5 budget
-exceeded, 6 the cloud refused (401, 403, quota, format), 7 a preflight check failed.";
+exceeded, 6 the cloud or registry refused (401, 403, quota, format), 7 a preflight check failed.";
 
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about = "Build reproducible, content-addressed OCI images for many Hadoop versions from declarative recipes", after_help = AFTER_HELP)]
@@ -117,6 +121,58 @@ impl PolicyArgs {
             layer_budgets: self.layer_budget.clone(),
             min_shared: self.min_shared,
         }
+    }
+}
+
+/// How to reach a registry: shared by every command that talks to one (`push`, `pull`, and
+/// later `build --cache-from/--cache-to`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// Speak plain HTTP to the registry (a local one); TLS is verified otherwise.
+    #[arg(long)]
+    pub insecure: bool,
+    /// The registry user (with --password-stdin) [else STRATA_REGISTRY_USER /
+    /// STRATA_REGISTRY_PASSWORD, else Docker's config: DOCKER_CONFIG or ~/.docker/config.json].
+    #[arg(long, value_name = "USER", requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the registry password from stdin (one line), never from the command line.
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+    /// Seconds to wait for each answer from the registry.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub registry_timeout: u64,
+}
+
+impl RegistryArgs {
+    /// The client options; reads the password from stdin when asked.
+    pub fn options(&self) -> Result<crate::registry::Options> {
+        let explicit = match (&self.username, self.password_stdin) {
+            (Some(u), true) => {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| anyhow::anyhow!("reading the password from stdin: {e}"))?;
+                let password = line.trim_end_matches(['\n', '\r']).to_string();
+                if password.is_empty() {
+                    return Err(crate::support::error::BadInput(
+                        "--password-stdin: stdin held no password".into(),
+                    )
+                    .into());
+                }
+                Some(crate::registry::Credentials {
+                    username: u.clone(),
+                    password: crate::registry::Secret::new(password),
+                    from: "--username/--password-stdin".into(),
+                })
+            }
+            _ => None,
+        };
+        Ok(crate::registry::Options {
+            insecure: self.insecure,
+            credentials: crate::registry::CredentialSource::from_env(explicit),
+            timeout: std::time::Duration::from_secs(self.registry_timeout),
+            ..crate::registry::Options::default()
+        })
     }
 }
 
@@ -239,6 +295,44 @@ STRATA_SSH_KEY, or the one the build used). Results are kept beside the disk."
         #[arg(long, default_value_t = 600, value_name = "SECS")]
         wait: u64,
     },
+    /// Push images to an OCI registry: `push IMAGE REGISTRY/REPO[:TAG]` or `push --all REGISTRY/REPO`.
+    #[command(after_help = PUSH_HELP)]
+    Push {
+        /// The image (`recipe:version`, a tag or a manifest digest) and the target; with --all,
+        /// the target repository alone.
+        #[arg(value_name = "IMAGE REF", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Every image of the store, each tagged with its version (`REPO:3.3.6`, `REPO:base`).
+        #[arg(long)]
+        all: bool,
+        /// Blobs uploaded at once.
+        #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+        jobs: u64,
+        /// Push an image that carries the cluster's SSH private key.
+        #[arg(long)]
+        allow_private_key: bool,
+        /// A repository of the same registry holding some of the blobs: mounted, not sent.
+        #[arg(long, value_name = "REPO")]
+        mount_from: Option<String>,
+        /// Upload in chunks of this size (PATCH; raised to the registry's minimum) instead of
+        /// one PUT per blob.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        chunk_size: Option<Size>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Pull images from an OCI registry into the store (created if missing).
+    #[command(after_help = PULL_HELP)]
+    Pull {
+        /// `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:…` (repeatable).
+        #[arg(value_name = "REF", required = true)]
+        refs: Vec<String>,
+        /// Blobs downloaded at once.
+        #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+        jobs: u64,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// List the images of the store.
     Ls,
     /// Show an image: layers, sizes, which images share each layer, labels, packages.
@@ -313,6 +407,32 @@ v3applicationcredential, token, or `auth_type: none` with `image_endpoint_overri
 Exit codes: 0 published or already there, 1 failure (network, timeout, a stuck image), 2 bad input
 (unknown cloud, clouds.yaml, an image not built, a key-carrying image made public), 3 Glance's hash
 or size differs from the disk (the image was deleted), 6 the cloud refused (401, 403, quota).";
+
+const PUSH_HELP: &str = "\
+Each image's manifest goes byte for byte from the store, so the registry serves the store's
+digest; it is tagged with its version (REPO:3.3.6; the shared part REPO:base) and with a tag that
+never moves (REPO:3.3.6-<12 hex of the digest>). What a disk and the other commands need — the
+store record and the disk-only layers — goes along as an OCI artifact whose subject is the image,
+tagged REPO:sha256-<manifest hex>.strata, so `strata pull` gives a full store. Blobs the registry
+has are not sent again: a second push sends nothing.
+
+Credentials: --username with --password-stdin; STRATA_REGISTRY_USER and STRATA_REGISTRY_PASSWORD;
+Docker's config (DOCKER_CONFIG or ~/.docker/config.json: auths, credHelpers, credsStore). Basic
+and bearer-token registries both work. --insecure for a registry that speaks plain HTTP.
+
+Exit codes: 0 pushed, 1 failure (network, registry unreachable), 2 bad input (a malformed
+reference, an image not in the store, a key-carrying image without --allow-private-key), 6 the
+registry refused (401, 403, a media type it rejects).";
+
+const PULL_HELP: &str = "\
+Every blob is verified while it streams and renamed into the store only when its digest matches;
+index.json is written last, atomically: a failed pull leaves the store as it was. An image pushed
+by strata comes with its store record and disk-only layers, so ls, inspect, verify, report,
+export and disk work on the pulled store without the recipe.
+
+Exit codes: 0 pulled, 1 failure (network, registry unreachable), 2 bad input (a malformed
+reference, a tag the registry does not have), 3 a blob whose digest does not match (nothing
+written), 6 the registry refused (401, 403).";
 
 // Only `cli` writes to stdout (the crate's lints refuse `print!` elsewhere).
 #[allow(clippy::print_stdout)]
@@ -504,6 +624,58 @@ pub fn run(cli: Cli) -> Result<()> {
             show(&cli, &rep, text::disk)
         }
         Command::Publish { .. } => publish(&cli),
+        Command::Push {
+            args,
+            all,
+            jobs,
+            allow_private_key,
+            mount_from,
+            chunk_size,
+            registry,
+        } => {
+            let (image, target) = match (args.as_slice(), *all) {
+                ([target], true) => (None, target.clone()),
+                ([image, target], false) => (Some(image.clone()), target.clone()),
+                ([_], false) => {
+                    return Err(crate::support::error::BadInput(
+                        "push IMAGE REGISTRY/REPO[:TAG], or push --all REGISTRY/REPO".into(),
+                    )
+                    .into());
+                }
+                _ => {
+                    return Err(crate::support::error::BadInput(
+                        "with --all name only the repository: push --all REGISTRY/REPO".into(),
+                    )
+                    .into());
+                }
+            };
+            let rep = crate::share::push::push(&crate::share::push::Options {
+                output: cli.output.clone(),
+                image,
+                target,
+                jobs: *jobs as usize,
+                allow_private_key: *allow_private_key,
+                mount_from: mount_from.clone(),
+                chunk_size: chunk_size.map(|s| s.0),
+                registry: registry.options()?,
+                quiet: cli.quiet,
+            })?;
+            show(&cli, &rep, text::push)
+        }
+        Command::Pull {
+            refs,
+            jobs,
+            registry,
+        } => {
+            let rep = crate::share::pull::pull(&crate::share::pull::Options {
+                output: cli.output.clone(),
+                refs: refs.clone(),
+                jobs: *jobs as usize,
+                registry: registry.options()?,
+                quiet: cli.quiet,
+            })?;
+            show(&cli, &rep, text::pull)
+        }
         Command::Ls => show(&cli, &inspect::ls(&cli.output)?, |r| text::ls(r.as_slice())),
         Command::Inspect { image } => {
             show(&cli, &inspect::inspect(&cli.output, image)?, text::inspect)

@@ -569,3 +569,53 @@ pub fn preflight(rep: &crate::publish::preflight::PreflightReport) -> String {
     );
     s
 }
+
+pub fn push(rep: &crate::share::push::PushReport) -> String {
+    let mut s = String::new();
+    for i in &rep.images {
+        s.push_str(&format!(
+            "{} → {}/{}:{} ({})\n",
+            i.name,
+            rep.registry,
+            rep.repository,
+            i.tags.join(", :"),
+            i.manifest
+        ));
+    }
+    let b = &rep.blobs;
+    s.push_str(&format!(
+        "blobs: {} sent ({}), {} mounted, {} already there; manifests: {} pushed, {} already there\n",
+        b.sent,
+        human(b.bytes_sent),
+        b.mounted,
+        b.present,
+        rep.manifests.pushed,
+        rep.manifests.present
+    ));
+    s
+}
+
+pub fn pull(rep: &crate::share::pull::PullReport) -> String {
+    let mut s = String::new();
+    for i in &rep.images {
+        s.push_str(&format!(
+            "{} → {} ({}){}\n",
+            i.reference,
+            i.name,
+            i.manifest,
+            if i.extras {
+                ""
+            } else {
+                " — no strata record: disk, report and export need an image pushed by strata"
+            }
+        ));
+    }
+    s.push_str(&format!(
+        "blobs: {} fetched ({}), {} already in {}\n",
+        rep.blobs_fetched,
+        human(rep.bytes_fetched),
+        rep.blobs_present,
+        rep.store.display()
+    ));
+    s
+}

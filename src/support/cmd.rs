@@ -114,11 +114,13 @@ fn failed(line: &str, status: ExitStatus, tail: &[String]) -> anyhow::Error {
 }
 
 fn start(cmd: &mut Command, stdout: Stdio) -> Result<(Child, String)> {
+    start_with(cmd, stdout, Stdio::null())
+}
+
+fn start_with(cmd: &mut Command, stdout: Stdio, stdin: Stdio) -> Result<(Child, String)> {
     require(&cmd.get_program().to_string_lossy())?;
     let line = describe(cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::piped());
+    cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped());
     let child = cmd.spawn().map_err(|e| anyhow!("starting `{line}`: {e}"))?;
     Ok((child, line))
 }
@@ -134,8 +136,27 @@ pub fn output(cmd: Command) -> Result<Vec<u8>> {
     run_output(cmd, |_| {})
 }
 
+/// Runs a command with `input` on its stdin (a credential helper reads the server's name) and
+/// returns its stdout; errors like [`run`]. The input is never put into an error.
+pub fn output_with_stdin(mut cmd: Command, input: &[u8]) -> Result<Vec<u8>> {
+    let (mut child, line) = start_with(&mut cmd, Stdio::piped(), Stdio::piped())?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&input);
+    });
+    let out = collect(child, &line, |_| {});
+    let _ = writer.join();
+    out
+}
+
 fn run_output(mut cmd: Command, on_line: impl FnMut(&str)) -> Result<Vec<u8>> {
-    let (mut child, line) = start(&mut cmd, Stdio::piped())?;
+    let (child, line) = start(&mut cmd, Stdio::piped())?;
+    collect(child, &line, on_line)
+}
+
+fn collect(mut child: Child, line: &str, on_line: impl FnMut(&str)) -> Result<Vec<u8>> {
     let mut stdout = child.stdout.take().expect("piped stdout");
     let out_thread = std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -148,7 +169,7 @@ fn run_output(mut cmd: Command, on_line: impl FnMut(&str)) -> Result<Vec<u8>> {
         .map_err(|e| anyhow!("waiting for `{line}`: {e}"))?;
     let out = out_thread.join().unwrap_or_default();
     if !status.success() {
-        return Err(failed(&line, status, &tail));
+        return Err(failed(line, status, &tail));
     }
     Ok(out)
 }

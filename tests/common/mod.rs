@@ -6,6 +6,7 @@
 
 pub mod cloud;
 pub mod proxy;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

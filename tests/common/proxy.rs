@@ -41,6 +41,10 @@ pub enum Fault {
     /// Forward the request, hold the server's answer for the duration, then relay it: the
     /// server did the work, the client may have given up waiting (a lost answer).
     DelayResponse(Duration),
+    /// Forward the request with the first occurrence of `from` in its target replaced by
+    /// `to` (a registry's mount POST made to name a repository that lacks the blob, so the
+    /// real registry answers 202 and opens an upload instead).
+    RewriteTarget { from: String, to: String },
 }
 
 /// A fault for the requests whose method and path match.
@@ -344,6 +348,18 @@ fn copy_body<W: Write>(
     }
 }
 
+/// The request head with `from` replaced by `to` in its request line only.
+fn rewrite_target(raw: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let end = raw
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(raw.len(), |i| i + 1);
+    let line = String::from_utf8_lossy(&raw[..end]).replacen(from, to, 1);
+    let mut out = line.into_bytes();
+    out.extend_from_slice(&raw[end..]);
+    out
+}
+
 const BODY_503: &str = "<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>\n";
 
 /// The upstream side of one client connection.
@@ -469,8 +485,12 @@ fn serve(client: TcpStream, shared: &Shared) {
             count: 0,
             limit,
         };
+        let raw = match &fault {
+            Some(Fault::RewriteTarget { from, to }) => rewrite_target(&head.raw, from, to),
+            _ => head.raw.clone(),
+        };
         let sent = (&up.stream)
-            .write_all(&head.raw)
+            .write_all(&raw)
             .and_then(|()| copy_body(&mut reader, head.body, &mut out));
         seen.body_bytes = out.count;
         shared.record(seen);

@@ -430,7 +430,7 @@ fn chunked_uploads_send_patches_and_pull_back_the_same_bytes() {
         "more PATCHes than blobs: some blob went in several chunks"
     );
     let dir = tempfile::tempdir().unwrap();
-    let (name, digest) = index_digests(&store).into_iter().last().unwrap();
+    let (name, digest) = index_digests(&store).into_iter().next_back().unwrap();
     let tag = name.rsplit_once(':').unwrap().1.to_string();
     ok(share(
         dir.path(),
@@ -495,7 +495,7 @@ fn basic_auth_from_flags_env_and_docker_config_and_refusals_never_echo_the_passw
     assert!(!stderr(&out).contains(PASSWORD));
     // From the environment, pulling.
     let dir = tempfile::tempdir().unwrap();
-    let (name, _) = index_digests(&store).into_iter().last().unwrap();
+    let (name, _) = index_digests(&store).into_iter().next_back().unwrap();
     let tag = name.rsplit_once(':').unwrap().1.to_string();
     let mut c = share(
         dir.path(),
@@ -577,7 +577,7 @@ fn token_auth_scopes_a_mount_for_both_repositories() {
     assert!(tokens.iter().all(|t| !t.to_string().contains(PASSWORD)));
     // Pull with a token; anonymous is refused (exit 6).
     let dir = tempfile::tempdir().unwrap();
-    let (name, _) = index_digests(&store).into_iter().last().unwrap();
+    let (name, _) = index_digests(&store).into_iter().next_back().unwrap();
     let tag = name.rsplit_once(':').unwrap().1.to_string();
     let r = format!("{}/team/dst:{tag}", reg.host);
     let out = run_with_creds(&["pull", "--insecure", &r], dir.path());

@@ -553,6 +553,70 @@ fn ensure_disk(cli: &Cli, image: &str) -> Result<crate::oci::disks::DiskRecord> 
         .ok_or_else(|| anyhow::anyhow!("`strata disk {image}` wrote no disk record"))
 }
 
+/// `strata push`: IMAGE REF, or --all REPO.
+fn push(cli: &Cli) -> Result<()> {
+    let Command::Push {
+        args,
+        all,
+        jobs,
+        allow_private_key,
+        mount_from,
+        chunk_size,
+        registry,
+    } = &cli.command
+    else {
+        unreachable!("push() is called for the push command")
+    };
+    let (image, target) = match (args.as_slice(), *all) {
+        ([target], true) => (None, target.clone()),
+        ([image, target], false) => (Some(image.clone()), target.clone()),
+        ([_], false) => {
+            return Err(crate::support::error::BadInput(
+                "push IMAGE REGISTRY/REPO[:TAG], or push --all REGISTRY/REPO".into(),
+            )
+            .into());
+        }
+        _ => {
+            return Err(crate::support::error::BadInput(
+                "with --all name only the repository: push --all REGISTRY/REPO".into(),
+            )
+            .into());
+        }
+    };
+    let rep = crate::share::push::push(&crate::share::push::Options {
+        output: cli.output.clone(),
+        image,
+        target,
+        jobs: *jobs as usize,
+        allow_private_key: *allow_private_key,
+        mount_from: mount_from.clone(),
+        chunk_size: chunk_size.map(|s| s.0),
+        registry: registry.options()?,
+        quiet: cli.quiet,
+    })?;
+    show(cli, &rep, text::push)
+}
+
+/// `strata pull`: REF... into the store.
+fn pull(cli: &Cli) -> Result<()> {
+    let Command::Pull {
+        refs,
+        jobs,
+        registry,
+    } = &cli.command
+    else {
+        unreachable!("pull() is called for the pull command")
+    };
+    let rep = crate::share::pull::pull(&crate::share::pull::Options {
+        output: cli.output.clone(),
+        refs: refs.clone(),
+        jobs: *jobs as usize,
+        registry: registry.options()?,
+        quiet: cli.quiet,
+    })?;
+    show(cli, &rep, text::pull)
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
@@ -624,58 +688,8 @@ pub fn run(cli: Cli) -> Result<()> {
             show(&cli, &rep, text::disk)
         }
         Command::Publish { .. } => publish(&cli),
-        Command::Push {
-            args,
-            all,
-            jobs,
-            allow_private_key,
-            mount_from,
-            chunk_size,
-            registry,
-        } => {
-            let (image, target) = match (args.as_slice(), *all) {
-                ([target], true) => (None, target.clone()),
-                ([image, target], false) => (Some(image.clone()), target.clone()),
-                ([_], false) => {
-                    return Err(crate::support::error::BadInput(
-                        "push IMAGE REGISTRY/REPO[:TAG], or push --all REGISTRY/REPO".into(),
-                    )
-                    .into());
-                }
-                _ => {
-                    return Err(crate::support::error::BadInput(
-                        "with --all name only the repository: push --all REGISTRY/REPO".into(),
-                    )
-                    .into());
-                }
-            };
-            let rep = crate::share::push::push(&crate::share::push::Options {
-                output: cli.output.clone(),
-                image,
-                target,
-                jobs: *jobs as usize,
-                allow_private_key: *allow_private_key,
-                mount_from: mount_from.clone(),
-                chunk_size: chunk_size.map(|s| s.0),
-                registry: registry.options()?,
-                quiet: cli.quiet,
-            })?;
-            show(&cli, &rep, text::push)
-        }
-        Command::Pull {
-            refs,
-            jobs,
-            registry,
-        } => {
-            let rep = crate::share::pull::pull(&crate::share::pull::Options {
-                output: cli.output.clone(),
-                refs: refs.clone(),
-                jobs: *jobs as usize,
-                registry: registry.options()?,
-                quiet: cli.quiet,
-            })?;
-            show(&cli, &rep, text::pull)
-        }
+        Command::Push { .. } => push(&cli),
+        Command::Pull { .. } => pull(&cli),
         Command::Ls => show(&cli, &inspect::ls(&cli.output)?, |r| text::ls(r.as_slice())),
         Command::Inspect { image } => {
             show(&cli, &inspect::inspect(&cli.output, image)?, text::inspect)
@@ -767,6 +781,10 @@ mod tests {
             &["verify"],
             &["gc", "--dry-run"],
             &["export", "a", "--oci-archive", "x.tar"],
+            &["push", "hadoop-lab:3.3.6", "reg:5000/lab:x", "--insecure"],
+            &["push", "--all", "reg:5000/lab", "--jobs", "8", "--chunk-size", "8MiB"],
+            &["push", "--all", "r/l", "--username", "u", "--password-stdin"],
+            &["pull", "reg:5000/lab:3.3.6", "reg:5000/lab:base", "--insecure"],
         ] {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
@@ -784,6 +802,11 @@ mod tests {
             &["plan", "--min-shared", "1.5"],
             &["export", "a"],
             &["frobnicate"],
+            &["push", "--all", "r/l", "--jobs", "0"],
+            &["push", "--all", "r/l", "--username", "u"],
+            &["push", "--all", "r/l", "--password-stdin"],
+            &["push", "a", "b", "c"],
+            &["pull"],
         ] {
             let e = parse(args).expect_err(&format!("{args:?} must be refused"));
             assert_eq!(e.exit_code(), 2, "{args:?}: {e}");

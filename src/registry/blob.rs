@@ -182,7 +182,7 @@ impl Client {
         let mut url = self.url(repository, "blobs/uploads/");
         let mut scopes = vec![scope(repository, true)];
         if let Some(from) = mount_from {
-            url = with_query(&url, "mount", &digest.to_string())?;
+            url = with_query(&url, "mount", digest.as_ref())?;
             url = with_query(&url, "from", from)?;
             scopes.push(scope(from, false));
         }

@@ -440,6 +440,55 @@ fn chunked_uploads_send_patches_and_pull_back_the_same_bytes() {
     let mut c = strata(&dir.path().join("cache"));
     c.args(["verify", "-o"]).arg(dir.path());
     ok(c);
+
+    // A chunk cut mid-way: the session is asked how much it holds (GET, `Range`). Distribution
+    // refuses to go on with a session whose state token names another offset than the bytes it
+    // kept from the cut chunk (404 BLOB_UPLOAD_INVALID), so the blob then goes again in a new
+    // session — that one blob only.
+    let proxy = Proxy::start(reg.host.parse().unwrap());
+    let host = proxy.url().trim_start_matches("http://").to_string();
+    proxy.add(
+        Rule::new(
+            "PATCH",
+            "/blobs/uploads/",
+            Fault::CutAfterRequestBytes(1000),
+        )
+        .times(1),
+    );
+    let rep = json(&ok(share(
+        &store,
+        &[
+            "push",
+            "--all",
+            &format!("{host}/resumed"),
+            "--chunk-size",
+            "4KiB",
+            "--insecure",
+            "--allow-private-key",
+            "--json",
+        ],
+    )));
+    assert_eq!(proxy.faults_applied(), 1);
+    let reqs = proxy.requests();
+    assert!(
+        reqs.iter()
+            .any(|s| s.method == "GET" && s.target.contains("/blobs/uploads/")),
+        "the upload's offset was asked: {reqs:#?}"
+    );
+    let posts = reqs.iter().filter(|s| s.method == "POST").count() as u64;
+    let sent = rep["blobs"]["sent"].as_u64().unwrap();
+    assert!(
+        posts == sent || posts == sent + 1,
+        "resumed, or that one blob alone sent again: {reqs:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    ok(share(
+        dir.path(),
+        &["pull", "--insecure", &format!("{}/resumed:{tag}", reg.host)],
+    ));
+    let mut c = strata(&dir.path().join("cache"));
+    c.args(["verify", "-o"]).arg(dir.path());
+    ok(c);
 }
 
 #[test]

@@ -782,9 +782,29 @@ mod tests {
             &["gc", "--dry-run"],
             &["export", "a", "--oci-archive", "x.tar"],
             &["push", "hadoop-lab:3.3.6", "reg:5000/lab:x", "--insecure"],
-            &["push", "--all", "reg:5000/lab", "--jobs", "8", "--chunk-size", "8MiB"],
-            &["push", "--all", "r/l", "--username", "u", "--password-stdin"],
-            &["pull", "reg:5000/lab:3.3.6", "reg:5000/lab:base", "--insecure"],
+            &[
+                "push",
+                "--all",
+                "reg:5000/lab",
+                "--jobs",
+                "8",
+                "--chunk-size",
+                "8MiB",
+            ],
+            &[
+                "push",
+                "--all",
+                "r/l",
+                "--username",
+                "u",
+                "--password-stdin",
+            ],
+            &[
+                "pull",
+                "reg:5000/lab:3.3.6",
+                "reg:5000/lab:base",
+                "--insecure",
+            ],
         ] {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }

@@ -103,7 +103,10 @@ impl Read for Counting {
 fn worth_retrying(e: &anyhow::Error) -> bool {
     e.chain().any(|c| match c.downcast_ref::<RegistryError>() {
         Some(RegistryError::Unreachable { .. }) => true,
-        Some(RegistryError::Status { status, .. }) => *status >= 500,
+        // A session the registry no longer knows: start a new one.
+        Some(RegistryError::Status { status, code, .. }) => {
+            *status >= 500 || (*status == 404 && code.starts_with("BLOB_UPLOAD"))
+        }
         None => false,
     })
 }
@@ -293,8 +296,9 @@ impl Client {
                     // Ask the session how much it holds, and go on from there.
                     resumes += 1;
                     match self.upload_offset(repository, &location)? {
-                        Some(next) if next <= blob.size => {
+                        Some((next, loc)) if next <= blob.size => {
                             offset = next;
+                            location = loc;
                             continue;
                         }
                         _ => return Err(e),
@@ -310,8 +314,9 @@ impl Client {
         Ok(location)
     }
 
-    /// The next offset an upload session expects (`Range: 0-N` → N+1), if it still exists.
-    fn upload_offset(&self, repository: &str, location: &str) -> Result<Option<u64>> {
+    /// The next offset an upload session expects (`Range: 0-N` → N+1) and the Location to
+    /// go on with (its state token names the offset), if the session still exists.
+    fn upload_offset(&self, repository: &str, location: &str) -> Result<Option<(u64, String)>> {
         let scopes = [scope(repository, true)];
         let r = self.send("GET", location, &scopes, Retry::Idempotent, &|h| {
             Ok(h.get(location))
@@ -325,7 +330,11 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit_once('-'))
             .and_then(|(_, end)| end.parse::<u64>().ok());
-        Ok(Some(range.map_or(0, |end| end + 1)))
+        let next = match r.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
+            Some(l) => self.resolve(l)?,
+            None => location.to_string(),
+        };
+        Ok(Some((range.map_or(0, |end| end + 1), next)))
     }
 
     /// Downloads a blob into `dir/<hex>` (the layout of `blobs/sha256`), verified while

@@ -152,9 +152,19 @@ fn choose(view: &View, opts: &Options, target: &Reference) -> Result<Vec<Chosen>
         record_size,
         record_digest,
     );
+    // The image's own flag, or any of its layers' facts (a layer holding a private key).
+    let carries_key = |name: &str| {
+        view.image_record(name).is_some_and(|r| {
+            r.carries_private_key
+                || r.layers
+                    .iter()
+                    .chain(&r.disk_layers)
+                    .any(|d| view.layer_record(d).is_some_and(|l| l.private_key))
+        })
+    };
     let keyed: Vec<&str> = entries
         .iter()
-        .filter(|(n, _)| view.image_record(n).is_some_and(|r| r.carries_private_key))
+        .filter(|(n, _)| carries_key(n))
         .map(|(n, _)| n.as_str())
         .collect();
     if !keyed.is_empty() && !opts.allow_private_key {

@@ -34,6 +34,8 @@ pub fn package_of(tool: &str) -> &'static str {
         "qemu-img" => "qemu-utils",
         "qemu-system-x86_64" => "qemu-system-x86",
         "docker" | "dockerd" => "docker.io",
+        "docker-registry" => "docker-registry",
+        "htpasswd" => "apache2-utils",
         "pigz" => "pigz",
         "git" => "git",
         "ssh" | "ssh-keygen" => "openssh-client",

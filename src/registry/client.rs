@@ -293,7 +293,8 @@ impl Client {
                 Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
                     return Err(self.status_error(method, url, r));
                 }
-                Ok(r) if r.status().is_server_error() && !last => {
+                // 5xx, and 429 (too many requests: the backoff is what it asks for).
+                Ok(r) if (r.status().is_server_error() || r.status().as_u16() == 429) && !last => {
                     self.progress.say(format!(
                         "{method} {url}: {}; retrying in {:.1}s ({attempt}/{})",
                         r.status(),

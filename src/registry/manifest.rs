@@ -10,13 +10,15 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use oci_spec::image::Digest;
+use std::collections::BTreeMap;
+
+use oci_spec::image::{Descriptor, Digest};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
 use super::auth::scope;
 use super::client::{Client, Retry, error_of};
 use crate::support::error::ChecksumMismatch;
-use crate::support::hash::sha256_of;
+use crate::support::hash::{canonical_json, sha256_of};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -30,6 +32,39 @@ application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.list.v2+json";
 
 const DIGEST_HEADER: &str = "Docker-Content-Digest";
+
+/// An OCI artifact manifest (image-spec 1.1): `artifactType`, a config of its own media type,
+/// layers, an optional `subject` and annotations; canonical JSON (sorted keys), so the same
+/// inputs give the same digest on every machine. The descriptors' media types are as given.
+pub fn artifact_manifest(
+    artifact_type: &str,
+    config: &Descriptor,
+    layers: &[Descriptor],
+    subject: Option<&Descriptor>,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let desc = |d: &Descriptor| {
+        serde_json::json!({
+            "mediaType": d.media_type().to_string(),
+            "digest": d.digest().to_string(),
+            "size": d.size(),
+        })
+    };
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": desc(config),
+        "layers": layers.iter().map(desc).collect::<Vec<_>>(),
+    });
+    if let Some(s) = subject {
+        m["subject"] = desc(s);
+    }
+    if !annotations.is_empty() {
+        m["annotations"] = serde_json::to_value(annotations)?;
+    }
+    canonical_json(&m)
+}
 
 /// A manifest as the registry served it.
 #[derive(Debug, Clone)]
@@ -196,5 +231,47 @@ impl Client {
             bytes,
             digest,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::image::MediaType;
+
+    #[test]
+    fn an_artifact_manifest_is_canonical_and_names_its_subject() {
+        let d = |b: &[u8]| {
+            Descriptor::new(
+                MediaType::Other("application/x-test".into()),
+                b.len() as u64,
+                sha256_of(b),
+            )
+        };
+        let ann = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let a = artifact_manifest(
+            "application/x-art",
+            &d(b"c"),
+            &[d(b"l")],
+            Some(&d(b"s")),
+            &ann,
+        )
+        .unwrap();
+        let b = artifact_manifest(
+            "application/x-art",
+            &d(b"c"),
+            &[d(b"l")],
+            Some(&d(b"s")),
+            &ann,
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(v["artifactType"], "application/x-art");
+        assert_eq!(v["mediaType"], OCI_MANIFEST);
+        assert_eq!(v["subject"]["digest"], sha256_of(b"s").to_string());
+        assert_eq!(v["config"]["mediaType"], "application/x-test");
+        let m: oci_spec::image::ImageManifest = serde_json::from_slice(&a).unwrap();
+        assert_eq!(m.layers().len(), 1);
     }
 }

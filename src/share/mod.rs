@@ -41,6 +41,38 @@ pub fn extras_tag(manifest: &oci_spec::image::Digest) -> String {
     )
 }
 
+/// Runs `f` while a progress task (a bar on a terminal) follows the bytes `counter` counts.
+pub(crate) fn with_bytes<R>(
+    progress: &crate::support::progress::Progress,
+    msg: String,
+    total: u64,
+    counter: &std::sync::atomic::AtomicU64,
+    f: impl FnOnce() -> Result<R>,
+) -> Result<R> {
+    let task = progress.task(msg, Some(total));
+    let stop = AtomicBool::new(false);
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut shown = 0;
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let now = counter.load(Ordering::Relaxed);
+                task.inc(now.saturating_sub(shown));
+                shown = shown.max(now);
+            }
+        });
+        let out = f();
+        stop.store(true, Ordering::SeqCst);
+        out
+    });
+    let bytes = counter.load(Ordering::Relaxed);
+    task.finish(match &out {
+        Ok(_) => crate::support::units::human(bytes),
+        Err(_) => format!("failed after {}", crate::support::units::human(bytes)),
+    });
+    out
+}
+
 /// Runs `work` on every item with at most `jobs` at once; the first error stops the others
 /// from starting new items and is returned. Results come back in the items' order.
 pub(crate) fn bounded<T: Sync, R: Send>(

@@ -20,7 +20,7 @@ use oci_spec::image::{
 };
 use serde::Serialize;
 
-use super::{bounded, extras_tag};
+use super::{bounded, extras_tag, with_bytes};
 use crate::oci::image::entry_name;
 use crate::oci::record::{ImageRecord, StoreRecord};
 use crate::oci::store::{ANNOTATION_IMAGE_NAME, ANNOTATION_RECORD, Store};
@@ -209,9 +209,11 @@ pub fn pull(opts: &Options) -> Result<PullReport> {
     ));
     let got = AtomicU64::new(0);
     let dir = store.blob_dir();
-    bounded(&blobs, opts.jobs, |(reg, repo, d)| {
-        clients[reg].fetch_blob(repo, d.digest(), d.size(), &dir, &got)?;
-        Ok(())
+    with_bytes(&progress, "fetching blobs".into(), total, &got, || {
+        bounded(&blobs, opts.jobs, |(reg, repo, d)| {
+            clients[reg].fetch_blob(repo, d.digest(), d.size(), &dir, &got)?;
+            Ok(())
+        })
     })?;
     // The pushed records go to a temp dir (outside the store, whose cleanup removes only
     // files): the store keeps only the merged record.

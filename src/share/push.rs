@@ -16,16 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 use oci_spec::image::{Descriptor, Digest, MediaType};
 use serde::Serialize;
-use serde_json::json;
 
-use super::{EXTRAS_ARTIFACT_TYPE, bounded, extras_tag};
+use super::{EXTRAS_ARTIFACT_TYPE, bounded, extras_tag, with_bytes};
 use crate::oci::image::split_name;
 use crate::oci::record::RECORD_MEDIA_TYPE;
 use crate::oci::store::ANNOTATION_RECORD;
 use crate::oci::view::View;
-use crate::registry::manifest::OCI_MANIFEST;
+use crate::registry::manifest::{OCI_MANIFEST, artifact_manifest};
 use crate::registry::{BlobOutcome, BlobSource, Client, Reference, UploadOptions};
-use crate::support::hash::canonical_json;
 use crate::support::progress::Progress;
 use crate::support::units::human;
 
@@ -235,16 +233,16 @@ fn blobs_of(view: &View, chosen: &[Chosen]) -> Result<Vec<Blob>> {
 /// The extras artifact of an image: config = the record, layers = the disk-only layers,
 /// subject = the image manifest.
 fn extras_manifest(c: &Chosen) -> Result<Vec<u8>> {
-    let desc = |d: &Descriptor| json!({"mediaType": d.media_type().to_string(), "digest": d.digest().to_string(), "size": d.size()});
-    canonical_json(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": EXTRAS_ARTIFACT_TYPE,
-        "config": desc(&c.record),
-        "layers": c.disk_layers.iter().map(desc).collect::<Vec<_>>(),
-        "subject": desc(&c.entry),
-        "annotations": {crate::oci::store::ANNOTATION_IMAGE_NAME: c.name},
-    }))
+    artifact_manifest(
+        EXTRAS_ARTIFACT_TYPE,
+        &c.record,
+        &c.disk_layers,
+        Some(&c.entry),
+        &BTreeMap::from([(
+            crate::oci::store::ANNOTATION_IMAGE_NAME.to_string(),
+            c.name.clone(),
+        )]),
+    )
 }
 
 /// `strata push`.
@@ -269,30 +267,32 @@ pub fn push(opts: &Options) -> Result<PushReport> {
         sent: Arc::new(AtomicU64::new(0)),
     };
     let done = AtomicU64::new(0);
-    let outcomes = bounded(&blobs, opts.jobs, |b| {
-        let outcome = client.push_blob(
-            repo,
-            &BlobSource {
-                digest: &b.digest,
-                size: b.size,
-                path: &b.path,
-                mount_from: opts.mount_from.as_deref(),
-            },
-            &up,
-        )?;
-        let n = done.fetch_add(1, Ordering::SeqCst) + 1;
-        let what = match outcome {
-            BlobOutcome::Present => "already there",
-            BlobOutcome::Mounted => "mounted",
-            BlobOutcome::Uploaded => "sent",
-        };
-        progress.say(format!(
-            "blob {n}/{}: {} {} {what}",
-            blobs.len(),
-            &b.digest.digest()[..12],
-            human(b.size)
-        ));
-        Ok(outcome)
+    let outcomes = with_bytes(&progress, "sending blobs".into(), total, &up.sent, || {
+        bounded(&blobs, opts.jobs, |b| {
+            let outcome = client.push_blob(
+                repo,
+                &BlobSource {
+                    digest: &b.digest,
+                    size: b.size,
+                    path: &b.path,
+                    mount_from: opts.mount_from.as_deref(),
+                },
+                &up,
+            )?;
+            let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+            let what = match outcome {
+                BlobOutcome::Present => "already there",
+                BlobOutcome::Mounted => "mounted",
+                BlobOutcome::Uploaded => "sent",
+            };
+            progress.say(format!(
+                "blob {n}/{}: {} {} {what}",
+                blobs.len(),
+                &b.digest.digest()[..12],
+                human(b.size)
+            ));
+            Ok(outcome)
+        })
     })?;
     let mut counts = BlobCounts {
         bytes_total: total,

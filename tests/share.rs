@@ -331,6 +331,40 @@ fn a_mount_answered_202_uses_the_opened_upload_and_a_201_mount_sends_nothing() {
         return;
     };
     let (_p, store) = tiny();
+    // One image under a tag of one's choice, and its immutable tag; pulled back by digest.
+    let digest = index_digests(&store)["tiny:3.3.6"].clone();
+    let rep = json(&ok(share(
+        &store,
+        &[
+            "push",
+            "tiny:3.3.6",
+            &format!("{}/single:candidate", reg.host),
+            "--insecure",
+            "--allow-private-key",
+            "--json",
+        ],
+    )));
+    let immutable = format!("candidate-{}", &digest[7..19]);
+    assert_eq!(
+        rep["images"][0]["tags"],
+        serde_json::json!(["candidate", immutable])
+    );
+    if require("skopeo") {
+        for tag in ["candidate", immutable.as_str()] {
+            assert_eq!(skopeo_digest(&format!("{}/single:{tag}", reg.host)), digest);
+        }
+    }
+    let by_digest = tempfile::tempdir().unwrap();
+    ok(share(
+        by_digest.path(),
+        &[
+            "pull",
+            "--insecure",
+            &format!("{}/single@{digest}", reg.host),
+        ],
+    ));
+    assert_eq!(index_digests(by_digest.path())["tiny:3.3.6"], digest);
+
     ok(share(
         &store,
         &[
@@ -572,6 +606,47 @@ fn basic_auth_from_flags_env_and_docker_config_and_refusals_never_echo_the_passw
     c.env("DOCKER_CONFIG", cfg.path());
     ok(c);
     assert_eq!(index_digests(dir2.path()), index_digests(dir.path()));
+    // From a credential helper (credHelpers for this host, then credsStore for any), run as
+    // Docker runs it: `docker-credential-NAME get` with the host on stdin.
+    let helpers = tempfile::tempdir().unwrap();
+    let helper = helpers.path().join("docker-credential-strata-test");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\n[ \"$server\" = \"{}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for config in [
+        format!(r#"{{"credHelpers": {{"{}": "strata-test"}}}}"#, reg.host),
+        r#"{"credsStore": "strata-test"}"#.to_string(),
+    ] {
+        std::fs::write(cfg.path().join("config.json"), &config).unwrap();
+        let dir3 = tempfile::tempdir().unwrap();
+        let mut c = share(
+            dir3.path(),
+            &["pull", "--insecure", &format!("{target}:{tag}")],
+        );
+        c.env("DOCKER_CONFIG", cfg.path())
+            .env("PATH", helpers.path());
+        let out = run(c);
+        assert!(out.status.success(), "{config}: {}", stderr(&out));
+        assert_eq!(index_digests(dir3.path()), index_digests(dir.path()));
+    }
+    // A helper that has nothing for the host: anonymous, and the registry's refusal says how to
+    // log in (exit 6).
+    let other_host = reg.host.replace("127.0.0.1", "localhost");
+    let mut c = share(
+        dir.path(),
+        &["pull", "--insecure", &format!("{other_host}/auth:{tag}")],
+    );
+    c.env("DOCKER_CONFIG", cfg.path())
+        .env("PATH", helpers.path());
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("docker login"), "{}", stderr(&out));
 }
 
 #[test]

@@ -138,19 +138,41 @@ pub fn output(cmd: Command) -> Result<Vec<u8>> {
     run_output(cmd, |_| {})
 }
 
-/// Runs a command with `input` on its stdin (a credential helper reads the server's name) and
-/// returns its stdout; errors like [`run`]. The input is never put into an error.
+/// Runs a command with `input` on its stdin and returns its stdout, for a tool that reads its
+/// question on stdin and reports failures on stdout (Docker's credential helpers: the host in,
+/// "credentials not found in native keychain" out): the error carries that last line. Only for
+/// tools whose stdout on failure holds no secret; the input is never put into an error.
 pub fn output_with_stdin(mut cmd: Command, input: &[u8]) -> Result<Vec<u8>> {
-    let (mut child, line) = start_with(&mut cmd, Stdio::piped(), Stdio::piped())?;
+    cmd.stderr(Stdio::piped());
+    let line = describe(&cmd);
+    require(&cmd.get_program().to_string_lossy())?;
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| anyhow!("starting `{line}`: {e}"))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let input = input.to_vec();
     let writer = std::thread::spawn(move || {
         use std::io::Write;
         let _ = stdin.write_all(&input);
     });
-    let out = collect(child, &line, |_| {});
+    let out = child
+        .wait_with_output()
+        .map_err(|e| anyhow!("waiting for `{line}`: {e}"))?;
     let _ = writer.join();
-    out
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(if out.stderr.is_empty() {
+            &out.stdout
+        } else {
+            &out.stderr
+        })
+        .lines()
+        .last()
+        .unwrap_or("")
+        .chars()
+        .take(TAIL_LINE_BYTES)
+        .collect::<String>();
+        return Err(anyhow!("`{line}` failed ({}): {said}", out.status));
+    }
+    Ok(out.stdout)
 }
 
 fn run_output(mut cmd: Command, on_line: impl FnMut(&str)) -> Result<Vec<u8>> {

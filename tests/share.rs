@@ -199,6 +199,19 @@ fn lab_push_all_is_what_skopeo_sees_a_second_push_sends_nothing_and_pull_gives_t
     let mut c = strata(&dir.path().join("cache"));
     c.args(["verify", "-o"]).arg(&pulled);
     ok(c);
+    for args in [
+        &["report", "--json"][..],
+        &["inspect", IMAGE],
+        &["export", IMAGE, "--oci-archive"],
+    ] {
+        let mut c = strata(&dir.path().join("cache"));
+        c.args(args);
+        if args[0] == "export" {
+            c.arg(dir.path().join("3.3.6.tar"));
+        }
+        c.arg("-o").arg(&pulled);
+        ok(c);
+    }
     let mut c = strata(&dir.path().join("cache"));
     c.args(["disk", IMAGE, "-q", "--json", "-o"]).arg(&pulled);
     ok(c);
@@ -281,6 +294,35 @@ fn a_cut_blob_upload_is_retried_and_a_second_run_resends_nothing() {
     )));
     assert_eq!(again["blobs"]["sent"], 0);
     assert_eq!(puts(&proxy), before);
+    // Pulls into one store, one after the other: the second merges into the first's index and
+    // record (shared blobs are not fetched again).
+    let dir = tempfile::tempdir().unwrap();
+    ok(share(
+        dir.path(),
+        &["pull", "--insecure", &format!("{}/tiny:2.10.2", reg.host)],
+    ));
+    let second = json(&ok(share(
+        dir.path(),
+        &[
+            "pull",
+            "--insecure",
+            "--json",
+            &format!("{}/tiny:3.3.6", reg.host),
+        ],
+    )));
+    assert!(second["blobs-present"].as_u64().unwrap() > 0, "{second:#}");
+    let all = index_digests(&store);
+    let pulled = index_digests(dir.path());
+    assert_eq!(pulled.len(), 2);
+    for (name, digest) in &pulled {
+        assert_eq!(&all[name], digest);
+    }
+    let mut c = strata(&dir.path().join("cache"));
+    c.args(["verify", "-o"]).arg(dir.path());
+    ok(c);
+    let mut c = strata(&dir.path().join("cache"));
+    c.args(["inspect", "tiny:2.10.2", "-o"]).arg(dir.path());
+    ok(c);
 }
 
 #[test]
@@ -785,6 +827,10 @@ fn bad_input_says_what_to_do() {
     ));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("3.3.6"), "{}", stderr(&out));
+    assert!(
+        !pulled.exists(),
+        "no store is made for a tag that is not there"
+    );
     // A pull without a tag: exit 2.
     let out = run(share(&pulled, &["pull", "--insecure", &target]));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -162,10 +162,7 @@ pub fn pull(opts: &Options) -> Result<PullReport> {
             );
         }
     }
-    let store = Store::ensure(&opts.output)?;
-    let _lock = store.lock(|| progress.say("waiting for another strata using the store…"))?;
-    store.ensure_layout()?;
-    store.clean_temp()?;
+    // The manifests first: a reference the registry does not have creates no store.
     let mut remotes = Vec::new();
     for r in &refs {
         let remote = resolve(&clients[&r.registry], r)?;
@@ -180,6 +177,10 @@ pub fn pull(opts: &Options) -> Result<PullReport> {
         ));
         remotes.push(remote);
     }
+    let store = Store::ensure(&opts.output)?;
+    let _lock = store.lock(|| progress.say("waiting for another strata using the store…"))?;
+    store.ensure_layout()?;
+    store.clean_temp()?;
     // Every blob, once: (registry, repository, digest, size).
     let mut seen = BTreeSet::new();
     let mut blobs: Vec<(String, String, Descriptor)> = Vec::new();

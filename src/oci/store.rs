@@ -41,7 +41,7 @@ use crate::oci::record::StoreRecord;
 use crate::support::error::Damaged;
 use crate::support::failpoint;
 use crate::support::fsx::{TMP_PREFIX, atomic_write, sync_dir};
-use crate::support::hash::{canonical_json, sha256_digest, sha256_of};
+use crate::support::hash::{canonical_json, hash_reader, sha256_digest, sha256_of};
 
 pub const OCI_LAYOUT: &str = "oci-layout";
 pub const INDEX_JSON: &str = "index.json";
@@ -278,34 +278,35 @@ impl Store {
         }
     }
 
-    /// Copies a blob in from another file (the layer cache), hashing it as it goes, and replaces
-    /// whatever is at its name (call it when the store's copy is missing or damaged). Never a hard
-    /// link: the store and the cache share no file, so damage in one cannot reach the other. A
-    /// source whose bytes do not have `info`'s digest and size is refused, and nothing is written.
+    /// Copies a blob in from another file (the layer cache) and replaces whatever is at its
+    /// name (call it when the store's copy is missing or damaged). Never a hard link: the store
+    /// and the cache share no file, so damage in one cannot reach the other. The copy is
+    /// `std::fs::copy` (`copy_file_range`: a reflink, no extra disk, on btrfs and XFS; an
+    /// in-kernel copy elsewhere), then hashed: a copy whose bytes do not have `info`'s digest and
+    /// size is refused, and nothing is renamed into place.
     pub fn copy_blob_in(&self, src: &Path, info: &BlobInfo) -> Result<()> {
         let dest = self.blob_path(&info.digest);
-        let mut w = BlobWriter::new(&self.blob_dir())?;
-        io::copy(
-            &mut File::open(src).with_context(|| format!("opening {src:?}"))?,
-            &mut w,
-        )
-        .with_context(|| format!("copying {src:?} into {:?}", self.blob_dir()))?;
-        w.out.flush()?;
-        let got = BlobInfo {
-            digest: sha256_digest(&w.hasher.clone().finalize().into()),
-            size: w.size,
-        };
-        if got != *info {
+        let tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(self.blob_dir())
+            .with_context(|| format!("creating a temp file in {:?}", self.blob_dir()))?;
+        fs::copy(src, tmp.path())
+            .with_context(|| format!("copying {src:?} into {:?}", self.blob_dir()))?;
+        let f = tmp.reopen()?;
+        let (digest, size) = hash_reader(io::BufReader::with_capacity(1 << 20, &f))
+            .with_context(|| format!("reading back {:?}", tmp.path()))?;
+        if digest != info.digest || size != info.size {
             bail!(
-                "the blob {src:?} is corrupt: expected {} ({} bytes), found {} ({} bytes)",
+                "the blob {src:?} is corrupt: expected {} ({} bytes), found {digest} ({size} bytes)",
                 info.digest,
                 info.size,
-                got.digest,
-                got.size
             );
         }
+        f.sync_all()
+            .with_context(|| format!("syncing {:?}", tmp.path()))?;
         self.make_room(&dest)?;
-        w.commit()?;
+        tmp.persist(&dest)
+            .with_context(|| format!("renaming blob into {dest:?}"))?;
         Ok(())
     }
 

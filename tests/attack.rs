@@ -241,6 +241,20 @@ fn damage_in_a_store_never_reaches_the_cache_or_another_store() {
     );
     assert_eq!(verify_code(&cache, &other), 0, "the store verifies");
     assert_eq!(sha256_hex(&cached), base.trim_start_matches("sha256:"));
+
+    // A store an older strata wrote (its blobs hard links into the cache) is unlinked by the
+    // next build.
+    let old = blob(&other, &base);
+    std::fs::remove_file(&old).unwrap();
+    std::fs::hard_link(&cached, &old).unwrap();
+    ok(b.build(&cache, &other));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&old).unwrap().nlink(),
+        1,
+        "no longer shared"
+    );
+    assert_eq!(verify_code(&cache, &other), 0);
 }
 
 // -------------------------------------------------------------- finding 2: same-size damage

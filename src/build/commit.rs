@@ -7,6 +7,7 @@
 //! before this point leaves the store exactly as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -220,10 +221,13 @@ fn import_layers(
             continue;
         }
         let dest = store.blob_path(&rec.digest);
-        if store.has_blob(&rec.digest, rec.size) && cache.blob_is(&dest, &rec.digest)? {
+        // A blob an older strata hard-linked from the cache is intact but shares its file: it is
+        // replaced by a copy too.
+        let linked = std::fs::symlink_metadata(&dest).is_ok_and(|m| m.nlink() > 1);
+        if !linked && store.has_blob(&rec.digest, rec.size) && cache.blob_is(&dest, &rec.digest)? {
             continue;
         }
-        if std::fs::symlink_metadata(&dest).is_ok() {
+        if !linked && std::fs::symlink_metadata(&dest).is_ok() {
             repaired.push(rec.digest.to_string());
         }
         let info = BlobInfo {

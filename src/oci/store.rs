@@ -170,7 +170,10 @@ impl Store {
 
     /// Opens an existing store; a clear error if there is none.
     pub fn open(root: &Path) -> Result<Store> {
-        if !root.join(OCI_LAYOUT).is_file() || !root.join(INDEX_JSON).is_file() {
+        // A damaged `oci-layout` (garbage, a directory) is for `verify` to report, not a reason
+        // to call the directory no store.
+        if fs::symlink_metadata(root.join(OCI_LAYOUT)).is_err() || !root.join(INDEX_JSON).is_file()
+        {
             return Err(crate::support::error::BadInput(format!(
                 "{} is not a strata store (no oci-layout/index.json): run `strata build -o {}` first",
                 root.display(),

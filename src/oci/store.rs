@@ -32,7 +32,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use oci_spec::image::{Digest, ImageIndex, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -299,11 +299,11 @@ impl Store {
         let (digest, size) = hash_reader(io::BufReader::with_capacity(1 << 20, &f))
             .with_context(|| format!("reading back {:?}", tmp.path()))?;
         if digest != info.digest || size != info.size {
-            bail!(
+            return Err(Damaged(vec![format!(
                 "the blob {src:?} is corrupt: expected {} ({} bytes), found {digest} ({size} bytes)",
-                info.digest,
-                info.size,
-            );
+                info.digest, info.size,
+            )])
+            .into());
         }
         f.sync_all()
             .with_context(|| format!("syncing {:?}", tmp.path()))?;

@@ -668,6 +668,72 @@ fn every_kind_of_damage_then_verify_gc_and_build() {
     t.check("damage campaign");
 }
 
+/// Damage to the cache (blobs, layer records, the memo) never reaches a store: a build into a
+/// new store rebuilds what it must and gives the same digests.
+#[test]
+fn every_kind_of_cache_damage_then_a_build_into_a_new_store() {
+    let b = built();
+    let base = parts(&b.store, "tiny:3.3.6").layers[0].clone();
+    type Damage = Box<dyn Fn(&Path)>;
+    let each_file = |dir: &Path, f: &dyn Fn(&Path)| {
+        for e in std::fs::read_dir(dir).unwrap() {
+            f(&e.unwrap().path());
+        }
+    };
+    let (b0, b1, b2) = (base.clone(), base.clone(), base.clone());
+    let cases: Vec<(&str, Damage)> = vec![
+        ("blob flipped", Box::new(move |c| flip(&blob(c, &b0), 7))),
+        (
+            "blob truncated",
+            Box::new(move |c| {
+                let f = std::fs::File::options()
+                    .write(true)
+                    .open(blob(c, &b1))
+                    .unwrap();
+                f.set_len(10).unwrap();
+            }),
+        ),
+        (
+            "blob deleted",
+            Box::new(move |c| std::fs::remove_file(blob(c, &b2)).unwrap()),
+        ),
+        (
+            "every layer record garbage",
+            Box::new(move |c| each_file(&c.join("layers"), &|p| std::fs::write(p, "{").unwrap())),
+        ),
+        (
+            "every memo garbage",
+            Box::new(move |c| {
+                each_file(&c.join("filehash"), &|p| {
+                    std::fs::write(p, "z".repeat(64)).unwrap()
+                })
+            }),
+        ),
+        (
+            "every blob flipped",
+            Box::new(move |c| each_file(&c.join("blobs/sha256"), &|p| flip(p, 1))),
+        ),
+    ];
+    let mut t = Tally::default();
+    let good = index_digests(&b.store);
+    for (i, (name, damage)) in cases.iter().enumerate() {
+        let (out, cache) = b.copy(&format!("cache{i}"));
+        damage(&cache);
+        let fresh = out.parent().unwrap().join("fresh");
+        t.expect(&format!("{name}: build"), b.build(&cache, &fresh), 0);
+        if verify_code(&cache, &fresh) != 0 || index_digests(&fresh) != good {
+            t.damage
+                .push(format!("{name}: the new store is not the pristine one"));
+        }
+        // And the old store, rebuilt from that cache, stays whole.
+        t.expect(&format!("{name}: rebuild"), b.build(&cache, &out), 0);
+        if verify_code(&cache, &out) != 0 {
+            t.damage.push(format!("{name}: the old store fails verify"));
+        }
+    }
+    t.check("cache damage campaign");
+}
+
 // ---------------------------------------------------------------------- the SIGKILL campaign
 
 /// SIGKILL at each failpoint and at a sweep of times through a build that rebuilds every layer

@@ -611,6 +611,15 @@ fn every_kind_of_damage_then_verify_gc_and_build() {
             4,
         ),
         (
+            "index.json replaced by a directory",
+            Box::new(|o| {
+                std::fs::remove_file(o.join("index.json")).unwrap();
+                std::fs::create_dir(o.join("index.json")).unwrap();
+            }),
+            4,
+            4,
+        ),
+        (
             "index.json entry size wrong",
             Box::new(|o| {
                 edit_index(o, |i| {

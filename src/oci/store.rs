@@ -170,10 +170,10 @@ impl Store {
 
     /// Opens an existing store; a clear error if there is none.
     pub fn open(root: &Path) -> Result<Store> {
-        // A damaged `oci-layout` (garbage, a directory) is for `verify` to report, not a reason
-        // to call the directory no store.
-        if fs::symlink_metadata(root.join(OCI_LAYOUT)).is_err() || !root.join(INDEX_JSON).is_file()
-        {
+        // A damaged `oci-layout` or `index.json` (garbage, a directory, one of them deleted) is
+        // for `verify` to report (exit 4), not a reason to call the directory no store.
+        let exists = |name: &str| fs::symlink_metadata(root.join(name)).is_ok();
+        if !exists(OCI_LAYOUT) && !exists(INDEX_JSON) {
             return Err(crate::support::error::BadInput(format!(
                 "{} is not a strata store (no oci-layout/index.json): run `strata build -o {}` first",
                 root.display(),

@@ -26,6 +26,12 @@
 //!
 //! Commit order: blobs, one directory fsync, then `index.json` by rename. A reader therefore never
 //! sees an index naming a missing blob, and a killed build leaves the previous index in force.
+//!
+//! Nothing on disk is trusted: a layer comes in by [`Store::copy_blob_in`] (a copy, hashed before
+//! it is renamed into place; never a hard link to the cache), a small blob by
+//! [`Store::put_blob_checked`] (which replaces one of the right size but other bytes), and
+//! manifests, configs and the record are hashed before they are parsed
+//! ([`Store::read_blob_checked`]): a damaged one is a `Damaged` error (exit 4), never followed.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};

@@ -51,6 +51,9 @@ pub fn build(rep: &BuildReport) -> String {
         rep.seconds,
         rep.output.display()
     );
+    for r in &rep.repaired_blobs {
+        let _ = writeln!(s, "repaired blob {r} (it was damaged in the store)");
+    }
     s
 }
 
@@ -401,6 +404,9 @@ pub fn verify(rep: &VerifyReport) -> String {
             "note: {} temp file(s) of interrupted writes and {} unreferenced blob(s): harmless; `strata gc` removes them",
             rep.temp_files, rep.unreferenced_blobs
         );
+    }
+    for r in &rep.repaired {
+        let _ = writeln!(s, "repaired: {r}");
     }
     for p in &rep.problems {
         let _ = writeln!(s, "PROBLEM: {p}");

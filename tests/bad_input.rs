@@ -465,3 +465,126 @@ fn a_private_key_in_a_layer_of_a_boot_delivery_image_is_refused() {
         ],
     );
 }
+
+/// A release server that accepts connections and then behaves badly: `Silent` never answers,
+/// `Stalls` sends the headers and half the body, then goes quiet. Counts the connections.
+#[derive(Clone, Copy)]
+enum Misbehaves {
+    Silent,
+    Stalls,
+}
+
+fn misbehaving_server(how: Misbehaves) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) <= 2 {
+                        break;
+                    }
+                }
+                if let Misbehaves::Stalls = how {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n");
+                    let _ = s.write_all(&[0u8; 1_000_000]);
+                }
+                // Hold the connection open, quiet, far longer than strata waits.
+                std::thread::sleep(std::time::Duration::from_secs(600));
+                drop(s);
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// Issue 10, finding 4: a download server that goes quiet fails the build within bounded time
+/// (connect and read timeouts, a few tries), naming the URL; the store is left as it was.
+fn a_quiet_release_server_fails_the_build(how: Misbehaves) {
+    let p = Project::new();
+    let out = p.root().join("out");
+    ok(p.build(&out));
+    let before = snapshot(&out);
+    let (url, seen) = misbehaving_server(how);
+    let srv = p.root().join("pins");
+    std::fs::create_dir_all(&srv).unwrap();
+    let mut pins = String::new();
+    for v in ["2.10.2", "3.3.6"] {
+        let f = srv.join(format!("hadoop-{v}.tar.gz"));
+        good_dist(&f, v);
+        pins.push_str(&format!("\"{v}\" = \"{}\"\n", sha512_hex(&f)));
+    }
+    p.edit_recipe(|s| format!("{s}\n[dist]\nmode = \"bake\"\nurl = \"{url}/hadoop-{{version}}.tar.gz\"\n[dist.sha512]\n{pins}"));
+    let mut c = p.build(&out);
+    // One second without a byte abandons a try (30 s by default).
+    c.env("STRATA_READ_TIMEOUT", "1");
+    let started = std::time::Instant::now();
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Liveness: 3 tries of 1 s plus 1 + 2 s of pauses; a hang is killed and reported.
+    let deadline = std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > deadline {
+            child.kill().unwrap();
+            panic!("strata still waits on a quiet server after {deadline:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a network failure exits 1:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("{url}/hadoop-")) && err.contains("3 tries"),
+        "the error names the URL and the tries:\n{err}"
+    );
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "three tries, then strata gives up"
+    );
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "the store must be exactly as it was"
+    );
+}
+
+#[test]
+fn a_silent_release_server_fails_the_build_naming_the_url() {
+    a_quiet_release_server_fails_the_build(Misbehaves::Silent);
+}
+
+#[test]
+fn a_release_server_that_stalls_mid_body_fails_the_build_naming_the_url() {
+    a_quiet_release_server_fails_the_build(Misbehaves::Stalls);
+}
+
+#[test]
+fn a_base_path_that_is_a_device_is_bad_input() {
+    refused(
+        |p| {
+            p.edit_recipe(|s| {
+                let at = s.find("path = ").expect("fixture has a base path");
+                let end = at + s[at..].find('\n').unwrap();
+                format!("{}path = \"/dev/zero\"{}", &s[..at], &s[end..])
+            })
+        },
+        2,
+        &["/dev/zero", "regular file"],
+    );
+}

@@ -588,3 +588,74 @@ fn a_base_path_that_is_a_device_is_bad_input() {
         &["/dev/zero", "regular file"],
     );
 }
+
+/// A tiny base whose accounts already hold `hadoop` (uid and gid 1000).
+fn base_with_hadoop(p: &Project) {
+    use strata::layer::{Content, Entry};
+    let mut entries = tiny_rootfs_entries();
+    for e in entries.iter_mut() {
+        let extra = match e.path.as_str() {
+            "etc/passwd" => "hadoop:x:1000:1000:old:/home/hadoop:/bin/sh\n",
+            "etc/group" => "hadoop:x:1000:\n",
+            _ => continue,
+        };
+        let strata::layer::Kind::File(c) = &e.kind else {
+            panic!("{} is a file", e.path)
+        };
+        let text = format!(
+            "{}{extra}",
+            String::from_utf8(c.read_all().unwrap()).unwrap()
+        );
+        *e = Entry::file(
+            &e.path,
+            Content::bytes(text.into_bytes()),
+            e.mode,
+            e.uid,
+            e.gid,
+        );
+    }
+    write_tar(&p.root().join("inputs/rootfs.tar"), &entries);
+}
+
+/// Issue 10, finding 3: an account the base already has (name, uid or gid) is refused naming the
+/// key, unless `reuse-existing = true` says to take it over.
+#[test]
+fn a_user_the_base_already_has_is_refused_unless_reuse_existing() {
+    refused(
+        base_with_hadoop,
+        2,
+        &["name = \"hadoop\"", "/etc/passwd", "reuse-existing = true"],
+    );
+    refused(
+        |p| p.edit_recipe(|s| format!("{s}\n[user]\nuid = 1\n")),
+        2,
+        &["uid = 1", "\"daemon\""],
+    );
+    refused(
+        |p| p.edit_recipe(|s| format!("{s}\n[user]\ngid = 42\n")),
+        2,
+        &["gid = 42", "\"shadow\"", "/etc/group"],
+    );
+    // Taken over on purpose: one hadoop line, the recipe's.
+    let p = Project::new();
+    let out = p.root().join("out");
+    base_with_hadoop(&p);
+    p.edit_recipe(|s| format!("{s}\n[user]\nreuse-existing = true\n"));
+    ok(p.build(&out));
+    let m = manifest(&out, "tiny:3.3.6");
+    let mut passwd = None;
+    for l in m["layers"].as_array().unwrap() {
+        if let Some(f) = layer_files(&out, l["digest"].as_str().unwrap()).get("etc/passwd") {
+            passwd = Some(String::from_utf8_lossy(&f.3).into_owned());
+        }
+    }
+    let passwd = passwd.expect("a layer writes /etc/passwd");
+    assert_eq!(
+        passwd
+            .lines()
+            .filter(|l| l.starts_with("hadoop:"))
+            .collect::<Vec<_>>(),
+        ["hadoop:x:1000:1000:Hadoop:/home/hadoop:/bin/bash"],
+        "{passwd}"
+    );
+}

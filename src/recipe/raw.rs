@@ -193,6 +193,8 @@ pub struct RawUser {
     pub home: Option<Spanned<String>>,
     #[serde(default)]
     pub shell: Option<Spanned<String>>,
+    #[serde(default)]
+    pub reuse_existing: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -470,6 +470,7 @@ fn user(cx: &Ctx, ru: Option<&RawUser>) -> Result<User, Located> {
         gid: id(ru.and_then(|u| u.gid.as_ref()), "user.gid")?,
         home,
         shell,
+        reuse_existing: ru.and_then(|u| u.reuse_existing).unwrap_or(false),
     })
 }
 
@@ -1615,7 +1616,8 @@ mod tests {
                 uid: 1000,
                 gid: 1000,
                 home: "/home/hadoop".into(),
-                shell: "/bin/bash".into()
+                shell: "/bin/bash".into(),
+                reuse_existing: false,
             }
         );
         let Base::Mmdebstrap {

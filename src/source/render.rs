@@ -427,6 +427,7 @@ mod tests {
             gid: 1000,
             home: "/home/hadoop".into(),
             shell: "/bin/bash".into(),
+            reuse_existing: false,
         }
     }
 

@@ -326,6 +326,7 @@ fn hostile(entries: Spec) -> impl Fn(&Path, &str) {
                 'l' => Raw::Symlink(n, l.as_deref().unwrap()),
                 'h' => Raw::Hardlink(n, l.as_deref().unwrap()),
                 'c' => Raw::Char(n),
+                's' => Raw::Setuid(n, b"x"),
                 _ => Raw::File(n, b"x"),
             })
             .collect();
@@ -377,6 +378,21 @@ fn a_release_tarball_with_a_hard_link_outside() {
             ]
         },
         &["hard link", "refused"],
+    );
+}
+
+/// Issue 10, finding 8: a setuid-root file in a release tarball was baked without a word.
+#[test]
+fn a_release_tarball_with_a_setuid_file() {
+    dist_refused(
+        |v| {
+            vec![
+                (format!("hadoop-{v}/"), None, 'd'),
+                (format!("hadoop-{v}/bin/"), None, 'd'),
+                (format!("hadoop-{v}/bin/container-executor"), None, 's'),
+            ]
+        },
+        &["container-executor", "setuid", "refused"],
     );
 }
 

@@ -26,6 +26,7 @@ pub fn flatten_split(layer_tars: &[PathBuf], shared: &[bool]) -> Result<(Vec<Ent
             tar,
             TarPolicy {
                 allow_devices: true,
+                allow_setid: true,
             },
         )?;
         for e in entries {

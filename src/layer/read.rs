@@ -18,6 +18,9 @@ use super::{Content, Entry, Kind, normalize};
 pub struct TarPolicy {
     /// Device nodes and FIFOs are allowed (a root filesystem has them; a release tarball must not).
     pub allow_devices: bool,
+    /// setuid/setgid files are allowed (a root filesystem has `su` and `passwd`; a release or
+    /// JDK tarball has no business granting root to whoever runs a file).
+    pub allow_setid: bool,
 }
 
 /// Reads the entries of an uncompressed tar FILE without extracting it: contents stay in the
@@ -57,6 +60,14 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
         }
         let hdr = ent.header();
         let mode = hdr.mode().unwrap_or(0o644) & 0o7777;
+        if !policy.allow_setid && mode & 0o6000 != 0 && hdr.entry_type().is_file() {
+            crate::bad!(
+                "{path:?}: entry {raw_path:?} is set{}id (mode {mode:04o}); refused in this \
+                 tarball: a release or JDK has no setuid files (set the bit at boot if a daemon \
+                 really needs it)",
+                if mode & 0o4000 != 0 { "u" } else { "g" }
+            );
+        }
         let uid = hdr.uid().unwrap_or(0) as u32;
         let gid = hdr.gid().unwrap_or(0) as u32;
         let link = ent

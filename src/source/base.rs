@@ -252,6 +252,7 @@ pub fn read_rootfs(tar: &Path, epoch: u64) -> Result<Vec<Entry>> {
         tar,
         TarPolicy {
             allow_devices: true,
+            allow_setid: true,
         },
     )
     .with_context(|| format!("reading root filesystem {}", tar.display()))?;

@@ -224,6 +224,7 @@ pub fn tarball_entries(
         &tar,
         crate::layer::TarPolicy {
             allow_devices: false,
+            allow_setid: false,
         },
     )
     .with_context(|| format!("{what} {origin}"))

@@ -238,7 +238,7 @@ fn walk_root(dir: &Path, attrs: &Attrs, tpl: &Templates) -> Result<Vec<Entry>> {
         if rel.as_os_str().is_empty() {
             continue;
         }
-        entries.push(root_entry(&item, rel, attrs, tpl)?);
+        entries.push(root_entry(&root, &item, rel, attrs, tpl)?);
     }
     Ok(entries)
 }
@@ -246,6 +246,7 @@ fn walk_root(dir: &Path, attrs: &Attrs, tpl: &Templates) -> Result<Vec<Entry>> {
 /// One item under `root/`: a directory, a symlink that stays inside the layer, a template
 /// (rendered, its suffix dropped) or a plain file (read later, at its path).
 fn root_entry(
+    root: &Path,
     item: &walkdir::DirEntry,
     rel: &Path,
     attrs: &Attrs,
@@ -261,7 +262,7 @@ fn root_entry(
     } else if ft.is_symlink() {
         let target = std::fs::read_link(item.path())
             .with_context(|| format!("reading the link {:?}", item.path()))?;
-        check_link_inside(rel, &target).with_context(|| {
+        check_link_inside(root, rel, &target).with_context(|| {
             format!(
                 "{} is a symlink to {}",
                 item.path().display(),
@@ -330,22 +331,64 @@ fn apply_spec(
     Ok(())
 }
 
-/// A symlink at `rel` (relative to the layer root) must resolve inside the layer root.
-fn check_link_inside(rel: &Path, target: &Path) -> Result<()> {
+/// Links followed while resolving one symlink before it counts as a loop (Linux's limit).
+const MAX_LINK_HOPS: usize = 40;
+
+/// A symlink at `rel` (relative to the layer's `root`) must resolve inside `root`, following the
+/// symlinks of the layer it passes through: a chain of relative links (`a/b -> ..`, then
+/// `c -> a/b/..`) that each look harmless can still climb out. What does not exist in the
+/// layer (it will come from a lower layer) is resolved by name.
+fn check_link_inside(root: &Path, rel: &Path, target: &Path) -> Result<()> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::path::Component;
+    /// One step of a path being resolved: up, or into a name (`.` is dropped).
+    fn steps(p: &Path) -> impl Iterator<Item = Option<OsString>> + '_ {
+        p.components().filter_map(|c| match c {
+            Component::ParentDir => Some(None),
+            Component::Normal(n) => Some(Some(n.to_os_string())),
+            _ => None,
+        })
+    }
     if target.is_absolute() {
         crate::bad!(
             "absolute symlinks would point at the build host here; declare it in layer.toml [[link]] instead; refused"
         );
     }
-    let mut depth: i64 = rel.components().count() as i64 - 1;
-    for c in target.components() {
-        match c {
-            std::path::Component::ParentDir => depth -= 1,
-            std::path::Component::Normal(_) => depth += 1,
-            _ => {}
+    let mut at: Vec<OsString> = rel
+        .parent()
+        .map(|p| p.iter().map(|c| c.to_os_string()).collect())
+        .unwrap_or_default();
+    let mut todo: VecDeque<Option<OsString>> = steps(target).collect();
+    let mut hops = 0;
+    while let Some(step) = todo.pop_front() {
+        let Some(name) = step else {
+            if at.pop().is_none() {
+                crate::bad!("the symlink escapes the layer directory through `..`; refused");
+            }
+            continue;
+        };
+        at.push(name);
+        let here: PathBuf = at.iter().collect();
+        let Ok(next) = std::fs::read_link(root.join(&here)) else {
+            continue;
+        };
+        hops += 1;
+        if hops > MAX_LINK_HOPS || next.is_absolute() {
+            let why = if next.is_absolute() {
+                "is absolute"
+            } else {
+                "loops"
+            };
+            crate::bad!(
+                "the symlink resolves through {} (-> {}), which {why}; refused",
+                here.display(),
+                next.display()
+            );
         }
-        if depth < 0 {
-            crate::bad!("the symlink escapes the layer directory through `..`; refused");
+        at.pop();
+        for s in steps(&next).collect::<Vec<_>>().into_iter().rev() {
+            todo.push_front(s);
         }
     }
     Ok(())
@@ -474,8 +517,29 @@ mod tests {
 
     #[test]
     fn escaping_symlinks_are_refused() {
-        assert!(check_link_inside(Path::new("a/b"), Path::new("../c")).is_ok());
-        assert!(check_link_inside(Path::new("a/b"), Path::new("../../c")).is_err());
-        assert!(check_link_inside(Path::new("a"), Path::new("/etc/passwd")).is_err());
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        assert!(check_link_inside(root, Path::new("a/b"), Path::new("../c")).is_ok());
+        assert!(check_link_inside(root, Path::new("a/b"), Path::new("../../c")).is_err());
+        assert!(check_link_inside(root, Path::new("a"), Path::new("/etc/passwd")).is_err());
+    }
+
+    #[test]
+    fn a_chain_of_relative_symlinks_that_climbs_out_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        // Each looks harmless by itself: a/b -> .. is the root, c -> a/b/.. is "a".
+        std::os::unix::fs::symlink("..", root.join("a/b")).unwrap();
+        assert!(check_link_inside(root, Path::new("a/b"), Path::new("..")).is_ok());
+        let e = check_link_inside(root, Path::new("c"), Path::new("a/b/..")).unwrap_err();
+        assert!(e.to_string().contains("escapes"), "{e}");
+        // A loop is refused, not followed forever.
+        std::os::unix::fs::symlink("l2", root.join("l1")).unwrap();
+        std::os::unix::fs::symlink("l1", root.join("l2")).unwrap();
+        let e = check_link_inside(root, Path::new("x"), Path::new("l1/f")).unwrap_err();
+        assert!(e.to_string().contains("loops"), "{e}");
+        // A name the layer does not have resolves by name (a lower layer provides it).
+        assert!(check_link_inside(root, Path::new("lib"), Path::new("usr/lib")).is_ok());
     }
 }

@@ -675,3 +675,26 @@ fn a_user_the_base_already_has_is_refused_unless_reuse_existing() {
         "{passwd}"
     );
 }
+
+/// Issue 10, finding 9: a refusal inside a base tarball names the recipe's path, once, not the
+/// copy in the cache.
+#[test]
+fn a_hostile_base_tarball_is_named_as_the_recipe_names_it() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    let tar = p.root().join("inputs/rootfs.tar");
+    let gz = p.root().join("inputs/evil.tar.gz");
+    raw_tar_gz(&gz, &[Raw::Dir("etc/"), Raw::File("../outside", b"x")]);
+    std::fs::rename(&gz, &tar).unwrap();
+    let o = run(p.build(&out));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("../outside"), "names the entry:\n{err}");
+    assert_eq!(
+        err.matches("inputs/rootfs.tar").count(),
+        1,
+        "names the recipe's path once:\n{err}"
+    );
+    assert!(!err.contains("/cache/"), "not the cache's copy:\n{err}");
+    assert!(!out.exists(), "no store is made by a failed first build");
+}

@@ -107,7 +107,10 @@ pub struct RawHeader {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "\"all\" or a list of version strings such as [\"3.3.6\", \"3.4.1\"]"
+)]
 pub enum RawVersions {
     All(String),
     List(Vec<String>),

@@ -67,7 +67,7 @@ struct LayerToml {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Omit {
     path: String,
-    when: String,
+    when: toml::Spanned<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -107,24 +107,26 @@ pub struct Context {
 /// Renders a layer directory into entries.
 pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
     let spec_path = dir.join(LAYER_TOML);
-    let spec = read_spec(&spec_path)?;
+    let (spec, spec_src) = read_spec(&spec_path)?;
     let tpl = Templates {
         env: template_env(),
         ctx: minijinja::Value::from_serialize(cx),
     };
     let attrs = Attrs::new(&spec, &spec_path, &cx.user)?;
     let mut entries = walk_root(dir, &attrs, &tpl)?;
-    apply_spec(&spec, &spec_path, &attrs, &tpl, &mut entries)?;
+    apply_spec(&spec, (&spec_path, &spec_src), &attrs, &tpl, &mut entries)?;
     Ok(entries)
 }
 
-/// `layer.toml`, or an empty one when the directory has none.
-fn read_spec(spec_path: &Path) -> Result<LayerToml> {
+/// `layer.toml` and its text, or an empty one when the directory has none.
+fn read_spec(spec_path: &Path) -> Result<(LayerToml, String)> {
     if !spec_path.exists() {
-        return Ok(LayerToml::default());
+        return Ok(Default::default());
     }
     let src = crate::support::error::read_text(spec_path, "layer spec")?;
-    Ok(toml::from_str(&src).map_err(|e| crate::support::error::toml_error(spec_path, &src, &e))?)
+    let spec =
+        toml::from_str(&src).map_err(|e| crate::support::error::toml_error(spec_path, &src, &e))?;
+    Ok((spec, src))
 }
 
 /// The template environment and what templates see.
@@ -275,6 +277,13 @@ fn root_entry(
         Ok(Entry::symlink(rel_str, t))
     } else if ft.is_file() {
         if let Some(out) = rel_str.strip_suffix(TEMPLATE_SUFFIX) {
+            if out.is_empty() || out.ends_with('/') {
+                crate::bad!(
+                    "{}: a template needs a name before `{TEMPLATE_SUFFIX}` (the file it renders \
+                     to, e.g. `hosts{TEMPLATE_SUFFIX}`)",
+                    item.path().display()
+                );
+            }
             let src = std::fs::read_to_string(item.path())
                 .with_context(|| format!("reading template {}", item.path().display()))?;
             let text = tpl.render(item.path(), &src)?;
@@ -301,7 +310,7 @@ fn root_entry(
 /// them too), then `[[dir]]`s (which replace an entry at their path).
 fn apply_spec(
     spec: &LayerToml,
-    spec_path: &Path,
+    (spec_path, spec_src): (&Path, &str),
     attrs: &Attrs,
     tpl: &Templates,
     entries: &mut Vec<Entry>,
@@ -313,8 +322,14 @@ fn apply_spec(
         entries.push(Entry::symlink(&l.path, target.trim()));
     }
     for o in &spec.omit {
-        let test = format!("{{% if {} %}}omit{{% endif %}}", o.when);
-        if tpl.render(spec_path, &test)? == "omit" {
+        // Rendered on the line `when` sits on in layer.toml, so an error names that line.
+        let line = spec_src[..o.when.span().start].matches('\n').count();
+        let test = format!(
+            "{}{{% if {} %}}omit{{% endif %}}",
+            "\n".repeat(line),
+            o.when.get_ref()
+        );
+        if tpl.render(spec_path, &test)?.trim() == "omit" {
             entries.retain(|e| e.path != o.path && !e.path.starts_with(&format!("{}/", o.path)));
         }
     }
@@ -431,7 +446,13 @@ fn render_template(
     let name = file.display().to_string();
     let located = |e: minijinja::Error| {
         let line = e.line().map(|l| format!(":{l}")).unwrap_or_default();
-        let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+        let mut detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+        // minijinja does not name what is undefined; the span of the expression does.
+        if let Some(what) = e.range().and_then(|r| src.get(r))
+            && !what.trim().is_empty()
+        {
+            detail.push_str(&format!(" (in `{}`)", what.trim()));
+        }
         anyhow::Error::from(crate::support::error::BadInput(format!(
             "{name}{line}: template error: {}{detail}",
             e.kind()
@@ -513,6 +534,30 @@ mod tests {
         std::fs::write(d.path().join("root/x.j2"), "ok\n{{ nope.missing }}\n").unwrap();
         let err = render_dir(d.path(), &cx()).unwrap_err().to_string();
         assert!(err.contains("x.j2:2"), "{err}");
+        assert!(
+            err.contains("`nope.missing`"),
+            "names what is undefined: {err}"
+        );
+    }
+
+    #[test]
+    fn a_template_without_a_name_and_a_bad_omit_are_located() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("root/etc")).unwrap();
+        std::fs::write(d.path().join("root/etc/.j2"), "x\n").unwrap();
+        let err = render_dir(d.path(), &cx()).unwrap_err().to_string();
+        assert!(
+            err.contains("etc/.j2") && err.contains("needs a name"),
+            "{err}"
+        );
+        std::fs::remove_file(d.path().join("root/etc/.j2")).unwrap();
+        std::fs::write(
+            d.path().join("layer.toml"),
+            "# a comment\n\n[[omit]]\npath = \"etc\"\nwhen = \"nope ==\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", render_dir(d.path(), &cx()).unwrap_err());
+        assert!(err.contains("layer.toml:5"), "the line of `when`: {err}");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub mod build;
 pub(crate) mod cache;
 pub mod cli;
 pub mod disk;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod inspect;
 pub mod layer;
 pub(crate) mod oci;

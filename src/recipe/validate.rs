@@ -305,11 +305,11 @@ fn jdk(
             ));
         }
     };
-    if !j.java_home.starts_with('/') {
+    if !j.java_home.starts_with('/') || j.java_home.split('/').any(|c| c == "..") {
         return Err(cx.err(
             rj.span(),
             &format!("{key}.java-home"),
-            "must be an absolute path in the image",
+            "must be an absolute path in the image, without '..'",
         ));
     }
     Ok(Jdk {
@@ -470,6 +470,7 @@ fn user(cx: &Ctx, ru: Option<&RawUser>) -> Result<User, Located> {
         gid: id(ru.and_then(|u| u.gid.as_ref()), "user.gid")?,
         home,
         shell,
+        reuse_existing: ru.and_then(|u| u.reuse_existing).unwrap_or(false),
     })
 }
 
@@ -999,6 +1000,18 @@ mod tests {
         validate(file, src, &raw, root, &catalogue())
     }
 
+    #[test]
+    fn versions_of_the_wrong_type_say_what_is_expected() {
+        let src = header_with("\"t\"", "3.3", "1");
+        let e = parse(Path::new("recipes/t.toml"), &src).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("recipes/t.toml:3"), "{msg}");
+        assert!(
+            msg.contains("\"all\" or a list of version strings") && !msg.contains("RawVersions"),
+            "{msg}"
+        );
+    }
+
     /// A header of `name`, `versions` and `epoch` (lines 2-4) and an mmdebstrap `[base]`.
     fn header_with(name: &str, versions: &str, epoch: &str) -> String {
         format!(
@@ -1200,6 +1213,16 @@ mod tests {
                 "jdk.j11.java-home",
                 7,
                 "must be an absolute path in the image",
+                None,
+            ),
+            (
+                "java-home with ..",
+                with(
+                    "[jdk.j11]\njava-version = 11\njava-home = \"/usr/../x\"\npackages = [\"x\"]\n",
+                ),
+                "jdk.j11.java-home",
+                7,
+                "without '..'",
                 None,
             ),
             (
@@ -1633,7 +1656,8 @@ mod tests {
                 uid: 1000,
                 gid: 1000,
                 home: "/home/hadoop".into(),
-                shell: "/bin/bash".into()
+                shell: "/bin/bash".into(),
+                reuse_existing: false,
             }
         );
         let Base::Mmdebstrap {

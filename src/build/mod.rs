@@ -27,6 +27,7 @@ pub mod budget;
 mod commit;
 pub mod plan;
 mod produce;
+pub mod remote;
 
 use budget::Known;
 use plan::{Inputs, Producer, make_plan};
@@ -46,6 +47,8 @@ pub struct Options {
     /// `verify --repair RECIPE`: images of other recipes found damaged do not stop this build
     /// (each recipe given rebuilds its own; the final `verify` says what remains).
     pub repairing: bool,
+    /// `--cache-from`, `--cache-to`: remote layer caches ([`remote`]).
+    pub remote: remote::RemoteOptions,
 }
 
 /// What `build` did, for people and for `--json`.
@@ -57,7 +60,20 @@ pub struct BuildReport {
     pub images: Vec<ImageSummary>,
     pub layers_total: usize,
     pub layers_built: usize,
+    /// From the local cache (and an OCI base's layers, reused as they are).
     pub layers_cached: usize,
+    /// Fetched from a remote cache (`--cache-from`).
+    pub layers_remote: usize,
+    /// Every layer of the build and where it came from.
+    pub layers: Vec<LayerOrigin>,
+    /// What `--cache-to` wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_to: Option<remote::CachePush>,
+    /// Remote caches that could not be read (each layer concerned was built here).
+    pub cache_warnings: Vec<String>,
+    /// `--cache-to` could not write the cache: the command fails after reporting.
+    #[serde(skip)]
+    pub cache_to_failure: Option<anyhow::Error>,
     pub index_changed: bool,
     /// Blobs that were damaged in the store (other bytes under their digest) and were rewritten.
     pub repaired_blobs: Vec<String>,
@@ -67,6 +83,30 @@ pub struct BuildReport {
     pub epoch_source: EpochSource,
     /// Budgets and sharing (absent when the recipe sets no policy).
     pub policy: Option<Verdicts>,
+}
+
+/// Where a layer of the build came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// Built by this build.
+    Built,
+    /// In the local cache.
+    Cached,
+    /// Fetched from a remote cache.
+    Remote,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LayerOrigin {
+    pub name: String,
+    pub key: String,
+    pub digest: String,
+    pub from: Origin,
+    /// The remote cache (`REGISTRY/REPO`) it came from.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,18 +146,34 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
     ));
     plan::selected(recipe, &opts.only)?;
     let cache = open_cache(opts)?;
-    let inputs = Inputs::prepare(recipe, &cache, opts.refresh_base, &progress)?;
-    let plan = make_plan(recipe, inputs, &opts.only)?;
+    let remote = remote::Remote::open(&opts.remote, &progress)?;
+    let known = |key: &str| remote.base_facts(key, &cache);
+    let inputs = Inputs::prepare(recipe, &cache, opts.refresh_base, &known, &progress)?;
+    let (plan, origins) = plan_with_remote(recipe, opts, inputs, &cache, &remote, &progress)?;
 
     // Every layer the selected images need, built or found, before the store is touched.
     let needed = plan.needed();
     let mut layers_built = 0;
     let mut built: HashMap<usize, (LayerFacts, PathBuf)> = HashMap::new();
+    let mut layers = Vec::new();
     for &idx in &needed {
         let (rec, blob, was_built) = produce::ensure_layer(&plan, idx, &cache, &progress)?;
         layers_built += usize::from(was_built);
+        let pl = &plan.layers[idx];
+        layers.push(LayerOrigin {
+            name: pl.name.clone(),
+            key: pl.key.clone(),
+            digest: rec.digest.to_string(),
+            from: match (was_built, origins.get(&idx)) {
+                (true, _) => Origin::Built,
+                (false, Some(_)) => Origin::Remote,
+                (false, None) => Origin::Cached,
+            },
+            reference: origins.get(&idx).filter(|_| !was_built).cloned(),
+        });
         built.insert(idx, (rec, blob));
     }
+    let layers_remote = layers.iter().filter(|l| l.from == Origin::Remote).count();
 
     refuse_keys_in_boot_images(&plan, &built)?;
 
@@ -150,13 +206,22 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
     }
 
     let committed = commit::commit(&plan, &built, opts, &cache, &progress)?;
+    let (cache_to, cache_to_failure) = match remote.push(&plan, &built, &origins, &cache) {
+        Some((rep, err)) => (Some(rep), err),
+        None => (None, None),
+    };
     let report = BuildReport {
         recipe: recipe.name.clone(),
         output: opts.output.clone(),
         images: committed.images,
         layers_total: needed.len(),
         layers_built,
-        layers_cached: needed.len() - layers_built,
+        layers_cached: needed.len() - layers_built - layers_remote,
+        layers_remote,
+        layers,
+        cache_to,
+        cache_warnings: remote.warnings(),
+        cache_to_failure,
         index_changed: committed.index_changed,
         repaired_blobs: committed.repaired,
         seconds: start.elapsed().as_secs_f64(),
@@ -166,14 +231,67 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
         policy: (!verdicts.checks.is_empty()).then_some(verdicts),
     };
     progress.say(format!(
-        "{} images in {}: {} layers ({} built, {} from cache)",
+        "{} images in {}: {} layers ({} built, {} from cache, {} from a remote cache)",
         report.images.len(),
         opts.output.display(),
         report.layers_total,
         report.layers_built,
-        report.layers_cached
+        report.layers_cached,
+        report.layers_remote
     ));
     Ok(report)
+}
+
+/// The plan, with every needed layer a remote cache holds fetched into the local cache (by
+/// index: the cache it came from). A base known only by its facts is made here (mmdebstrap)
+/// only when a layer on it is in no cache; if the base made here is not the one the facts
+/// describe, the layers on it get other keys: planned and looked up again.
+fn plan_with_remote<'r>(
+    recipe: &'r Recipe,
+    opts: &Options,
+    inputs: Inputs,
+    cache: &Cache,
+    remote: &remote::Remote,
+    progress: &Progress,
+) -> Result<(plan::Plan<'r>, HashMap<usize, String>)> {
+    let mut plan = make_plan(recipe, inputs, &opts.only)?;
+    let mut origins = remote.fetch_missing(&plan, cache)?;
+    let Some(known) = plan.base_facts.clone().filter(|_| plan.base.is_none()) else {
+        return Ok((plan, origins));
+    };
+    let mut missing = Vec::new();
+    for idx in plan.needed() {
+        let pl = &plan.layers[idx];
+        if plan.needs_rootfs(idx)
+            && produce::cached_layer(cache, &pl.key, &pl.name, progress)?.is_none()
+        {
+            missing.push(pl.name.clone());
+        }
+    }
+    if missing.is_empty() {
+        return Ok((plan, origins));
+    }
+    progress.say(format!(
+        "no cache holds {}: making the base's root filesystem here",
+        missing.join(", ")
+    ));
+    let (prepared, identity) = plan::prepare_base(recipe, &known.key, cache, progress)?;
+    if identity == known.identity {
+        plan.base = Some(prepared);
+        return Ok((plan, origins));
+    }
+    progress.say(format!(
+        "warning: the base made here ({}) is not the one the cache's facts describe ({}):          the layers on it are planned again",
+        &identity[..12.min(identity.len())],
+        &known.identity[..12.min(known.identity.len())]
+    ));
+    let inputs = Inputs {
+        base: plan::BaseState::Ready(prepared, identity),
+        key: plan.cluster_key.take(),
+    };
+    plan = make_plan(recipe, inputs, &opts.only)?;
+    origins.extend(remote.fetch_missing(&plan, cache)?);
+    Ok((plan, origins))
 }
 
 /// An image built to take its key at boot must hold no private key at all: a layer directory

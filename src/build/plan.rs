@@ -74,6 +74,9 @@ pub struct Plan<'r> {
     pub accounts_layer: Option<usize>,
     pub(crate) base: Option<PreparedBase>,
     pub(crate) cluster_key: Option<ClusterKey>,
+    /// What is known of a mmdebstrap or tarball base (its key, identity and facts), built here
+    /// or learnt from a remote cache; what `--cache-to` publishes under the base's key.
+    pub(crate) base_facts: Option<KnownBase>,
 }
 
 pub struct PlannedImage {
@@ -92,12 +95,45 @@ impl Plan<'_> {
             .chain(self.disk_layers.values().flatten().copied())
             .collect()
     }
+
+    /// Whether building layer `idx` reads the base's root filesystem (the rootfs layer, a
+    /// package JDK and the disk packages are differences against it).
+    pub(crate) fn needs_rootfs(&self, idx: usize) -> bool {
+        match &self.layers[idx].producer {
+            Producer::Rootfs | Producer::Disk(_) => true,
+            Producer::Jdk(name) => matches!(
+                self.recipe.jdks.get(name).map(|j| &j.source),
+                Some(crate::recipe::JdkSource::Packages { .. })
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// The facts of a mmdebstrap or tarball base without its root filesystem: enough to plan (every
+/// key built on the base derives from `identity`; the accounts layer and the Java check read
+/// `info`). Kept in the cache as `base/<key>/known.json` once learnt from a remote cache.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KnownBase {
+    /// The base's input key ([`base::base_key`]).
+    pub key: String,
+    /// The SHA-256 of its root filesystem tar (the rootfs identity).
+    pub identity: String,
+    pub info: BaseInfo,
+}
+
+/// The file of a cache that remembers a base's facts learnt from a remote cache.
+pub(crate) fn known_path(cache: &Cache, key: &str) -> PathBuf {
+    cache.base_dir(key).join("known.json")
 }
 
 /// The state of the base before planning.
 pub enum BaseState {
     /// A root filesystem in the cache, with its content identity (SHA-256).
     Ready(PreparedBase, String),
+    /// Its facts, without its root filesystem (from a remote cache): made only if a layer built
+    /// on it must be built here ([`prepare_base`]).
+    Known(KnownBase),
     /// Not made yet (`plan` on a fresh machine): the layers built on it wait.
     Unbuilt { key: String },
     /// The layers of an OCI image layout, reused as they are.
@@ -116,20 +152,49 @@ pub struct Inputs {
 
 impl Inputs {
     /// For `build`: makes the base (mmdebstrap, or the tarball into the cache) and the cluster
-    /// key exist.
+    /// key exist. A base whose root filesystem is not in the cache but whose facts are known
+    /// (`known`: the cache's `known.json`, else a remote cache) is not made now: it is
+    /// [`BaseState::Known`], made later only if a layer on it must be built here.
     pub fn prepare(
         recipe: &Recipe,
         cache: &Cache,
         refresh_base: bool,
+        known: &dyn Fn(&str) -> Option<KnownBase>,
         progress: &Progress,
     ) -> Result<Inputs> {
         let base = match &recipe.base {
             Base::Oci { path, reference } => oci_state(cache, path, reference)?,
             b => {
                 let key = base_key(recipe, cache)?;
-                let p = base::ensure_base(cache, b, &key, recipe.epoch, refresh_base, progress)?;
-                let ident = rootfs_identity(&p, true)?;
-                BaseState::Ready(p, ident)
+                let dir = cache.base_dir(&key);
+                let local = dir.join("rootfs.tar").is_file()
+                    && cache.read_json::<BaseInfo>(&dir.join("info.json")).is_some();
+                let remembered = || {
+                    cache
+                        .read_json::<KnownBase>(&known_path(cache, &key))
+                        .filter(|k| k.key == key)
+                        .or_else(|| known(&key))
+                };
+                let known = if refresh_base || local {
+                    None
+                } else {
+                    remembered()
+                };
+                match known {
+                    Some(k) => BaseState::Known(k),
+                    None => {
+                        let p = base::ensure_base(
+                            cache,
+                            b,
+                            &key,
+                            recipe.epoch,
+                            refresh_base,
+                            progress,
+                        )?;
+                        let ident = rootfs_identity(&p, true)?;
+                        BaseState::Ready(p, ident)
+                    }
+                }
             }
         };
         let key = if recipe.layers.iter().any(|l| l.accounts) {
@@ -157,7 +222,13 @@ impl Inputs {
                         let ident = rootfs_identity(&p, false)?;
                         BaseState::Ready(p, ident)
                     }
-                    _ => BaseState::Unbuilt { key },
+                    _ => match cache
+                        .read_json::<KnownBase>(&known_path(cache, &key))
+                        .filter(|k| k.key == key)
+                    {
+                        Some(k) => BaseState::Known(k),
+                        None => BaseState::Unbuilt { key },
+                    },
                 }
             }
         };
@@ -168,6 +239,20 @@ impl Inputs {
         };
         Ok(Inputs { base, key })
     }
+}
+
+/// Makes a known base's root filesystem exist after all (mmdebstrap, or the tarball into the
+/// cache): for a layer on it that no cache holds. Returns it with its identity, which differs
+/// from the known one when the base built here is not the one the remote cache's builder had.
+pub(crate) fn prepare_base(
+    recipe: &Recipe,
+    key: &str,
+    cache: &Cache,
+    progress: &Progress,
+) -> Result<(PreparedBase, String)> {
+    let p = base::ensure_base(cache, &recipe.base, key, recipe.epoch, false, progress)?;
+    let ident = rootfs_identity(&p, true)?;
+    Ok((p, ident))
 }
 
 /// The cache key of a mmdebstrap or tarball base (a tarball is named by its content).
@@ -300,8 +385,18 @@ pub fn make_plan<'r>(recipe: &'r Recipe, inputs: Inputs, only: &[String]) -> Res
     let selected = selected(recipe, only)?;
     let (base_ident, provisional_base) = match &inputs.base {
         BaseState::Ready(_, ident) => (ident.clone(), false),
+        BaseState::Known(k) => (k.identity.clone(), false),
         BaseState::Oci { identity, .. } => (identity.clone(), false),
         BaseState::Unbuilt { key } => (format!("unbuilt-{key}"), true),
+    };
+    let base_facts = match &inputs.base {
+        BaseState::Ready(p, ident) => Some(KnownBase {
+            key: p.key.clone(),
+            identity: ident.clone(),
+            info: p.info.clone(),
+        }),
+        BaseState::Known(k) => Some(k.clone()),
+        _ => None,
     };
     let mut t = Table {
         recipe,
@@ -360,6 +455,7 @@ pub fn make_plan<'r>(recipe: &'r Recipe, inputs: Inputs, only: &[String]) -> Res
         accounts_layer,
         base: prepared,
         cluster_key: inputs.key,
+        base_facts,
     })
 }
 
@@ -381,6 +477,7 @@ fn plan_base(
         state => {
             let (info, prepared) = match state {
                 BaseState::Ready(p, _) => (Some(p.info.clone()), Some(p)),
+                BaseState::Known(k) => (Some(k.info), None),
                 _ => (None, None),
             };
             let key = t.key("base", serde_json::json!(t.base_ident));

@@ -36,28 +36,43 @@ pub(crate) fn ensure_layer(
     if let Producer::Imported(rec, blob) = &pl.producer {
         return Ok((rec.clone(), blob.clone(), false));
     }
-    let rec_path = cache.layer_record_path(&pl.key);
-    if let Some(rec) = cache.read_json::<LayerFacts>(&rec_path) {
-        let blob = cache.blob_dir().join(rec.digest.digest());
-        if std::fs::metadata(&blob).is_ok_and(|m| m.len() == rec.size) {
-            // Checked at each reuse (a `stat` when the memo knows the file unchanged): a corrupt
-            // cached blob is rebuilt, never copied into a store.
-            if cache.blob_is(&blob, &rec.digest)? {
-                return Ok((rec, blob, false));
-            }
-            progress.say(format!(
-                "layer {}: the cached blob {} is corrupt: rebuilding it",
-                pl.name, rec.digest
-            ));
-            crate::support::fsx::remove_file(&blob)?;
-        }
+    if let Some((rec, blob)) = cached_layer(cache, &pl.key, &pl.name, progress)? {
+        return Ok((rec, blob, false));
     }
+    let rec_path = cache.layer_record_path(&pl.key);
     let (entries, packages) = entries_of(plan, &pl.producer, cache, progress)?;
     let entries = layer::normalize(entries)?;
     let rec = write_layer(plan, &pl.name, &entries, packages, cache, progress)?;
     cache.write_json(&rec_path, &rec)?;
     let path = cache.blob_dir().join(rec.digest.digest());
     Ok((rec, path, true))
+}
+
+/// The layer the cache holds under `key`, if its record is there and its blob intact. Checked at
+/// each reuse (a `stat` when the memo knows the file unchanged): a corrupt cached blob is
+/// removed (then rebuilt or fetched), never copied into a store.
+pub(crate) fn cached_layer(
+    cache: &Cache,
+    key: &str,
+    name: &str,
+    progress: &Progress,
+) -> Result<Option<(LayerFacts, PathBuf)>> {
+    let Some(rec) = cache.read_json::<LayerFacts>(&cache.layer_record_path(key)) else {
+        return Ok(None);
+    };
+    let blob = cache.blob_dir().join(rec.digest.digest());
+    if !std::fs::metadata(&blob).is_ok_and(|m| m.len() == rec.size) {
+        return Ok(None);
+    }
+    if cache.blob_is(&blob, &rec.digest)? {
+        return Ok(Some((rec, blob)));
+    }
+    progress.say(format!(
+        "layer {name}: the cached blob {} is corrupt: rebuilding it",
+        rec.digest
+    ));
+    crate::support::fsx::remove_file(&blob)?;
+    Ok(None)
 }
 
 /// The entries of a layer (and the Debian packages it installs).

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::build::{BuildReport, PlanReport};
+use crate::build::{BuildReport, Origin, PlanReport};
 use crate::disk::DiskReport;
 use crate::inspect::{DiffReport, ExportReport, GcReport, Inspection, LsRow, VerifyReport};
 use crate::policy::Verdicts;
@@ -41,9 +41,24 @@ pub fn build(rep: &BuildReport) -> String {
             human(i.size)
         );
     }
+    let mut remote: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for l in rep.layers.iter().filter(|l| l.from == Origin::Remote) {
+        remote
+            .entry(l.reference.as_deref().unwrap_or("?"))
+            .or_default()
+            .push(&l.name);
+    }
+    for (from, names) in &remote {
+        let _ = writeln!(s, "from the remote cache {from}: {}", names.join(", "));
+    }
+    let from_remote = if rep.layers_remote > 0 {
+        format!(", {} from a remote cache", rep.layers_remote)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         s,
-        "{} images, {} layers ({} built, {} cached) in {:.1}s → {}",
+        "{} images, {} layers ({} built, {} cached{from_remote}) in {:.1}s → {}",
         rep.images.len(),
         rep.layers_total,
         rep.layers_built,
@@ -51,6 +66,32 @@ pub fn build(rep: &BuildReport) -> String {
         rep.seconds,
         rep.output.display()
     );
+    if let Some(c) = &rep.cache_to {
+        let _ = write!(
+            s,
+            "remote cache {}: {} layers written ({} blobs sent, {}; {} mounted), {} there already",
+            c.reference,
+            c.layers_pushed,
+            c.blobs_uploaded,
+            human(c.bytes_sent),
+            c.blobs_mounted,
+            c.layers_present
+        );
+        if let Some(b) = c.base_facts {
+            let _ = write!(s, "; base facts {b}");
+        }
+        s.push('\n');
+        if !c.skipped_private_key.is_empty() {
+            let _ = writeln!(
+                s,
+                "not written (they hold the cluster's private key; --allow-private-key): {}",
+                c.skipped_private_key.join(", ")
+            );
+        }
+    }
+    for w in &rep.cache_warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
     for r in &rep.repaired_blobs {
         let _ = writeln!(s, "repaired blob {r} (it was damaged in the store)");
     }

@@ -258,7 +258,7 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
         .unwrap_or_default();
     let mut pulled = Vec::new();
     for x in remotes {
-        let info = store.put_blob(&x.manifest)?;
+        let (info, _) = store.put_blob_checked(&x.manifest)?;
         debug_assert_eq!(info.digest, x.digest);
         let image = match &x.record {
             Some(d) => {
@@ -307,7 +307,7 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
             extras: x.record.is_some(),
         });
     }
-    let record_blob = store.put_blob(&canonical_json(&record)?)?;
+    let (record_blob, _) = store.put_blob_checked(&canonical_json(&record)?)?;
     let mut annotations = old_index
         .as_ref()
         .and_then(|i| i.annotations().clone())

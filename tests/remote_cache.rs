@@ -1,0 +1,389 @@
+//! The remote layer cache: `strata build --cache-from REF --cache-to REF` against a real
+//! registry (Debian's docker-registry, started by `tests/registry/up` on 127.0.0.1). A second
+//! runner with an empty local cache builds nothing and gets the first one's manifest digests;
+//! the lab builds from the cache with no mmdebstrap on PATH; concurrent writers; a layer holding
+//! the private key stays out; a corrupt remote blob and an unreachable cache are warnings, the
+//! layer built here.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::registry::{Auth, Registry};
+use common::*;
+use serde_json::Value;
+
+/// strata build of the tiny recipe into `out` with the cache `cache` and `extra` flags.
+fn build(p: &Project, cache: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = strata(cache);
+    c.env_remove("STRATA_REGISTRY_USER")
+        .env_remove("STRATA_REGISTRY_PASSWORD")
+        .env("DOCKER_CONFIG", cache.join("no-docker-config"))
+        .arg("build")
+        .arg(p.recipe())
+        .arg("-o")
+        .arg(out)
+        .args(["--json", "--insecure", "--registry-timeout", "20"])
+        .args(extra);
+    c
+}
+
+fn tags(reg: &Registry, repo: &str) -> BTreeSet<String> {
+    let url = format!("http://{}/v2/{repo}/tags/list", reg.host);
+    let body = ureq::get(&url)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["tags"]
+        .as_array()
+        .map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn layer<'a>(rep: &'a Value, name: &str) -> &'a Value {
+    rep["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == name)
+        .unwrap_or_else(|| panic!("no layer {name} in {rep:#}"))
+}
+
+fn verify(store: &Path) {
+    let mut c = strata(&store.with_extension("verify-cache"));
+    c.args(["verify", "-o"]).arg(store);
+    ok(c);
+}
+
+/// The base directories of a cache that hold a root filesystem.
+fn rootfs_in(cache: &Path) -> Vec<PathBuf> {
+    walk_files(&cache.join("base"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "rootfs.tar"))
+        .collect()
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    if !dir.exists() {
+        return vec![];
+    }
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().to_path_buf())
+        .collect()
+}
+
+#[test]
+fn a_second_runner_with_an_empty_cache_builds_nothing_and_gets_the_same_digests() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let cache_ref = format!("{}/strata-cache", reg.host);
+    let p = Project::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (cache1, cache2) = (dir.path().join("cache1"), dir.path().join("cache2"));
+
+    let first = json(&ok(build(
+        &p,
+        &cache1,
+        &a,
+        &["--cache-to", &cache_ref, "--allow-private-key"],
+    )));
+    let total = first["layers-total"].as_u64().unwrap();
+    assert_eq!(first["layers-built"], total, "{first:#}");
+    assert_eq!(first["cache-to"]["layers-pushed"], total, "{first:#}");
+    assert_eq!(first["cache-to"]["base-facts"], "pushed", "{first:#}");
+    // One append-only tag per layer key, and the base's facts under its own key.
+    let t = tags(&reg, "strata-cache");
+    for l in first["layers"].as_array().unwrap() {
+        assert!(
+            t.contains(&format!("k-{}", l["key"].as_str().unwrap())),
+            "{l}"
+        );
+    }
+    assert_eq!(t.iter().filter(|t| t.starts_with("b-")).count(), 1, "{t:?}");
+    assert_eq!(t.len() as u64, total + 1, "{t:?}");
+
+    let second = json(&ok(build(&p, &cache2, &b, &["--cache-from", &cache_ref])));
+    assert_eq!(second["layers-built"], 0, "{second:#}");
+    assert_eq!(second["layers-remote"], total, "{second:#}");
+    for l in second["layers"].as_array().unwrap() {
+        assert_eq!(l["from"], "remote", "{l}");
+        assert_eq!(l["ref"], cache_ref.as_str(), "{l}");
+    }
+    assert!(second.get("cache-to").is_none());
+    assert_eq!(index_digests(&b), index_digests(&a));
+    verify(&b);
+    // The base was never made on the second runner: only its facts came.
+    assert!(rootfs_in(&cache2).is_empty(), "{:?}", rootfs_in(&cache2));
+    assert_eq!(
+        walk_files(&cache2.join("base"))
+            .iter()
+            .filter(|p| p.ends_with("known.json"))
+            .count(),
+        1
+    );
+    // A rebuild there without the remote: all local, still no base root filesystem.
+    let third = json(&ok(build(&p, &cache2, &b, &[])));
+    assert_eq!(third["layers-cached"], total, "{third:#}");
+    assert_eq!(third["index-changed"], false, "{third:#}");
+    assert!(rootfs_in(&cache2).is_empty());
+
+    // Writing again what is there writes nothing: every tag is HEADed, none rewritten.
+    let puts = reg.count("PUT", "/manifests/");
+    let again = json(&ok(build(&p, &cache2, &b, &["--cache-to", &cache_ref])));
+    assert_eq!(again["cache-to"]["layers-pushed"], 0, "{again:#}");
+    assert_eq!(again["cache-to"]["layers-present"], total - 1, "{again:#}");
+    assert_eq!(again["cache-to"]["base-facts"], "present", "{again:#}");
+    assert_eq!(
+        again["cache-to"]["skipped-private-key"],
+        serde_json::json!(["user-env"]),
+        "without --allow-private-key the key's layer is not even looked at"
+    );
+    assert_eq!(reg.count("PUT", "/manifests/"), puts);
+}
+
+#[test]
+fn a_layer_with_the_private_key_stays_out_of_the_cache_and_is_built_by_the_next_runner() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let cache_ref = format!("{}/keys/cache", reg.host);
+    let p = Project::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // The tiny recipe delivers the key in the image ([ssh] deliver = "image" by default): the
+    // accounts layer (user-env) carries it.
+    let first = json(&ok(build(
+        &p,
+        &dir.path().join("c1"),
+        &a,
+        &["--cache-to", &cache_ref],
+    )));
+    assert!(
+        first["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["carries-private-key"] == true)
+    );
+    assert_eq!(
+        first["cache-to"]["skipped-private-key"],
+        serde_json::json!(["user-env"]),
+        "{first:#}"
+    );
+    let total = first["layers-total"].as_u64().unwrap();
+    assert_eq!(first["cache-to"]["layers-pushed"], total - 1);
+    let key = layer(&first, "user-env")["key"].as_str().unwrap().to_string();
+    let t = tags(&reg, "keys/cache");
+    assert!(!t.contains(&format!("k-{key}")), "{t:?}");
+    // Nothing the registry holds has the key in it (configs and manifests are plain JSON; the
+    // layer blobs are compressed: a key layer would be there as a blob, and it is not).
+    let pem = std::fs::read_to_string(fixture_key()).unwrap();
+    let body = pem.lines().nth(1).unwrap();
+    let blobs = walk_files(&reg.state().join("storage"));
+    assert!(blobs.len() > 2 * total as usize);
+    for f in &blobs {
+        let data = std::fs::read(f).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&data).contains(body),
+            "{f:?} holds the key"
+        );
+    }
+    let digests: BTreeSet<&str> = first["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["name"] != "user-env")
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let key_digest = layer(&first, "user-env")["digest"].as_str().unwrap();
+    assert!(!reg.blob_data(key_digest).exists());
+    assert!(digests.iter().all(|d| reg.blob_data(d).exists()));
+
+    // The next runner builds that one layer, from the same key: same images.
+    let second = json(&ok(build(
+        &p,
+        &dir.path().join("c2"),
+        &b,
+        &["--cache-from", &cache_ref],
+    )));
+    assert_eq!(second["layers-built"], 1, "{second:#}");
+    assert_eq!(second["layers-remote"], total - 1, "{second:#}");
+    assert_eq!(layer(&second, "user-env")["from"], "built");
+    assert_eq!(index_digests(&b), index_digests(&a));
+}
+
+#[test]
+fn two_runners_writing_one_cache_at_once_both_succeed_and_leave_it_whole() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let cache_ref = format!("{}/shared", reg.host);
+    let p = Project::new();
+    let dir = tempfile::tempdir().unwrap();
+    let runs: Vec<_> = ["x", "y"]
+        .iter()
+        .map(|n| {
+            let mut c = build(
+                &p,
+                &dir.path().join(format!("cache-{n}")),
+                &dir.path().join(n),
+                &["--cache-to", &cache_ref, "--allow-private-key"],
+            );
+            c.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = runs
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outs {
+        assert!(o.status.success(), "{}", stderr(o));
+    }
+    let reps: Vec<Value> = outs.iter().map(json).collect();
+    let total = reps[0]["layers-total"].as_u64().unwrap();
+    let written: u64 = reps
+        .iter()
+        .map(|r| r["cache-to"]["layers-pushed"].as_u64().unwrap())
+        .sum();
+    assert!(written >= total, "{reps:#?}");
+    assert_eq!(index_digests(&dir.path().join("x")), index_digests(&dir.path().join("y")));
+    let t = tags(&reg, "shared");
+    assert_eq!(t.len() as u64, total + 1, "{t:?}");
+    // Whole: a third runner gets every layer from it, and the same images.
+    let z = dir.path().join("z");
+    let third = json(&ok(build(
+        &p,
+        &dir.path().join("cache-z"),
+        &z,
+        &["--cache-from", &cache_ref],
+    )));
+    assert_eq!(third["layers-built"], 0, "{third:#}");
+    assert_eq!(third["cache-warnings"], serde_json::json!([]));
+    assert_eq!(index_digests(&z), index_digests(&dir.path().join("x")));
+}
+
+#[test]
+fn a_corrupt_remote_blob_is_refused_and_that_layer_built_here() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let cache_ref = format!("{}/c", reg.host);
+    let p = Project::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let first = json(&ok(build(
+        &p,
+        &dir.path().join("c1"),
+        &a,
+        &["--cache-to", &cache_ref, "--allow-private-key"],
+    )));
+    // Other bytes, same size, under the JDK layer's digest in the registry's storage (which
+    // serves what it has without checking).
+    let jdk = layer(&first, "jdk-tiny-11");
+    let digest = jdk["digest"].as_str().unwrap();
+    let data = reg.blob_data(digest);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+
+    let second = json(&ok(build(
+        &p,
+        &dir.path().join("c2"),
+        &b,
+        &["--cache-from", &cache_ref],
+    )));
+    assert_eq!(second["layers-built"], 1, "{second:#}");
+    assert_eq!(layer(&second, "jdk-tiny-11")["from"], "built");
+    let warnings = second["cache-warnings"].to_string();
+    assert!(
+        warnings.contains(digest) && warnings.contains("jdk-tiny-11"),
+        "{warnings}"
+    );
+    // Nothing corrupt stayed in the cache, and the images are the first runner's.
+    assert_eq!(index_digests(&b), index_digests(&a));
+    verify(&b);
+    for f in walk_files(&dir.path().join("c2/blobs")) {
+        let d = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&f).unwrap()))
+        );
+        assert!(f.ends_with(d.trim_start_matches("sha256:")), "{f:?}");
+    }
+}
+
+#[test]
+fn an_unreachable_cache_is_a_warning_and_a_malformed_one_bad_input() {
+    let p = Project::new();
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = format!("127.0.0.1:{port}/cache");
+    let start = std::time::Instant::now();
+    let out = ok(build(
+        &p,
+        &dir.path().join("c"),
+        &dir.path().join("a"),
+        &["--cache-from", &nowhere],
+    ));
+    let rep = json(&out);
+    assert_eq!(rep["layers-built"], rep["layers-total"], "{rep:#}");
+    let w = rep["cache-warnings"].as_array().unwrap();
+    // The base's facts are asked once; then the cache is not asked again.
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].as_str().unwrap().contains("cannot reach"), "{w:#?}");
+    assert!(stderr(&out).contains("warning: remote cache"));
+    assert!(start.elapsed() < std::time::Duration::from_secs(60));
+    verify(&dir.path().join("a"));
+
+    // Writing to it fails the command after the store is committed, the report printed.
+    let out = run(build(
+        &p,
+        &dir.path().join("c"),
+        &dir.path().join("a2"),
+        &["--cache-to", &nowhere],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let rep = json(&out);
+    assert!(
+        rep["cache-to"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach"),
+        "{rep:#}"
+    );
+    assert!(stderr(&out).contains("the images are built and in the store"));
+    verify(&dir.path().join("a2"));
+
+    for bad in ["127.0.0.1:5000/cache:latest", "127.0.0.1:5000/Cache", "h:99999/c"] {
+        for flag in ["--cache-from", "--cache-to"] {
+            let out = run(build(&p, &dir.path().join("c"), &dir.path().join("x"), &[flag, bad]));
+            assert_eq!(out.status.code(), Some(2), "{flag} {bad}: {}", stderr(&out));
+            assert!(stderr(&out).contains(flag), "{}", stderr(&out));
+        }
+    }
+    assert!(!dir.path().join("x").exists(), "bad input builds nothing");
+    let out = run(build(
+        &p,
+        &dir.path().join("c"),
+        &dir.path().join("x"),
+        &["--allow-private-key"],
+    ));
+    assert_eq!(out.status.code(), Some(2), "--allow-private-key needs --cache-to");
+}

@@ -182,7 +182,10 @@ fn a_layer_with_the_private_key_stays_out_of_the_cache_and_is_built_by_the_next_
     );
     let total = first["layers-total"].as_u64().unwrap();
     assert_eq!(first["cache-to"]["layers-pushed"], total - 1);
-    let key = layer(&first, "user-env")["key"].as_str().unwrap().to_string();
+    let key = layer(&first, "user-env")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let t = tags(&reg, "keys/cache");
     assert!(!t.contains(&format!("k-{key}")), "{t:?}");
     // Nothing the registry holds has the key in it (configs and manifests are plain JSON; the
@@ -258,7 +261,10 @@ fn two_runners_writing_one_cache_at_once_both_succeed_and_leave_it_whole() {
         .map(|r| r["cache-to"]["layers-pushed"].as_u64().unwrap())
         .sum();
     assert!(written >= total, "{reps:#?}");
-    assert_eq!(index_digests(&dir.path().join("x")), index_digests(&dir.path().join("y")));
+    assert_eq!(
+        index_digests(&dir.path().join("x")),
+        index_digests(&dir.path().join("y"))
+    );
     let t = tags(&reg, "shared");
     assert_eq!(t.len() as u64, total + 1, "{t:?}");
     // Whole: a third runner gets every layer from it, and the same images.
@@ -318,7 +324,9 @@ fn a_corrupt_remote_blob_is_refused_and_that_layer_built_here() {
     for f in walk_files(&dir.path().join("c2/blobs")) {
         let d = format!(
             "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&f).unwrap()))
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                std::fs::read(&f).unwrap()
+            ))
         );
         assert!(f.ends_with(d.trim_start_matches("sha256:")), "{f:?}");
     }
@@ -371,9 +379,18 @@ fn an_unreachable_cache_is_a_warning_and_a_malformed_one_bad_input() {
     assert!(stderr(&out).contains("the images are built and in the store"));
     verify(&dir.path().join("a2"));
 
-    for bad in ["127.0.0.1:5000/cache:latest", "127.0.0.1:5000/Cache", "h:99999/c"] {
+    for bad in [
+        "127.0.0.1:5000/cache:latest",
+        "127.0.0.1:5000/Cache",
+        "h:99999/c",
+    ] {
         for flag in ["--cache-from", "--cache-to"] {
-            let out = run(build(&p, &dir.path().join("c"), &dir.path().join("x"), &[flag, bad]));
+            let out = run(build(
+                &p,
+                &dir.path().join("c"),
+                &dir.path().join("x"),
+                &[flag, bad],
+            ));
             assert_eq!(out.status.code(), Some(2), "{flag} {bad}: {}", stderr(&out));
             assert!(stderr(&out).contains(flag), "{}", stderr(&out));
         }
@@ -385,5 +402,74 @@ fn an_unreachable_cache_is_a_warning_and_a_malformed_one_bad_input() {
         &dir.path().join("x"),
         &["--allow-private-key"],
     ));
-    assert_eq!(out.status.code(), Some(2), "--allow-private-key needs --cache-to");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--allow-private-key needs --cache-to"
+    );
+}
+
+#[test]
+fn a_cold_runner_builds_the_lab_from_the_cache_without_mmdebstrap() {
+    if !require("mmdebstrap") {
+        return;
+    }
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let cache_ref = format!("{}/lab-cache", reg.host);
+    // The shared lab store (built once per run, a no-op when tests/lab.rs or tests/share.rs
+    // built it), its layers and base facts written to the cache as its build ends.
+    let lab = repo().join("target/lab-test");
+    let (store, lab_cache) = (lab.join("output"), lab.join("cache"));
+    let mut c = strata(&lab_cache);
+    c.current_dir(repo())
+        .args(["build", "-q", "--json", "--insecure", "--allow-private-key"])
+        .args(["--cache-to", &cache_ref, "-o"])
+        .arg(&store);
+    let warm = json(&ok(c));
+    let total = warm["layers-total"].as_u64().unwrap();
+    assert_eq!(warm["cache-to"]["layers-pushed"], total, "{warm:#}");
+    assert_eq!(warm["cache-to"]["base-facts"], "pushed", "{warm:#}");
+
+    // A runner with an empty cache, and an mmdebstrap that fails (and says it ran).
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let ran = dir.path().join("mmdebstrap-ran");
+    let fake = bin.join("mmdebstrap");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ntouch '{}'\necho 'mmdebstrap must not run' >&2\nexit 1\n",
+            ran.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (cold, cold_cache) = (dir.path().join("out"), dir.path().join("cache"));
+    let mut c = strata(&cold_cache);
+    c.current_dir(repo())
+        .env("PATH", &bin)
+        .env("DOCKER_CONFIG", dir.path().join("no-docker-config"))
+        .args([
+            "build",
+            "--json",
+            "--insecure",
+            "--cache-from",
+            &cache_ref,
+            "-o",
+        ])
+        .arg(&cold);
+    let rep = json(&ok(c));
+    assert!(!ran.exists(), "mmdebstrap ran");
+    assert_eq!(rep["layers-built"], 0, "{rep:#}");
+    assert_eq!(rep["layers-remote"], total, "{rep:#}");
+    for name in ["base", "jdk-openjdk-11", "disk-packages"] {
+        assert_eq!(layer(&rep, name)["from"], "remote", "{name}");
+    }
+    assert_eq!(index_digests(&cold), index_digests(&store));
+    assert!(rootfs_in(&cold_cache).is_empty());
+    verify(&cold);
 }

@@ -168,7 +168,9 @@ impl Inputs {
                 let key = base_key(recipe, cache)?;
                 let dir = cache.base_dir(&key);
                 let local = dir.join("rootfs.tar").is_file()
-                    && cache.read_json::<BaseInfo>(&dir.join("info.json")).is_some();
+                    && cache
+                        .read_json::<BaseInfo>(&dir.join("info.json"))
+                        .is_some();
                 let remembered = || {
                     cache
                         .read_json::<KnownBase>(&known_path(cache, &key))

@@ -182,7 +182,11 @@ impl<'p> Remote<'p> {
                 .iter()
                 .map(|r| repo(r, &read_opts))
                 .collect::<Result<_>>()?,
-            to: opts.to.as_ref().map(|r| repo(r, &opts.registry)).transpose()?,
+            to: opts
+                .to
+                .as_ref()
+                .map(|r| repo(r, &opts.registry))
+                .transpose()?,
             allow_private_key: opts.allow_private_key,
             progress,
             warnings: Mutex::new(Vec::new()),
@@ -449,8 +453,7 @@ impl<'p> Remote<'p> {
             let config = push_json(&to.client, repository, FACTS_MEDIA_TYPE, facts, tmp.path())?;
             let layer = Descriptor::new(facts.media_type.clone(), facts.size, facts.digest.clone());
             let m = artifact_manifest(LAYER_ARTIFACT, &config, &[layer], None, &BTreeMap::new())?;
-            to.client
-                .put_manifest(repository, &tag, OCI_MANIFEST, &m)?;
+            to.client.put_manifest(repository, &tag, OCI_MANIFEST, &m)?;
             rep.layers_pushed += 1;
         }
         // The base's facts last: a runner that finds them finds the layers on the base too.
@@ -461,8 +464,7 @@ impl<'p> Remote<'p> {
             } else {
                 let config = push_json(&to.client, repository, BASE_MEDIA_TYPE, k, tmp.path())?;
                 let m = artifact_manifest(BASE_ARTIFACT, &config, &[], None, &BTreeMap::new())?;
-                to.client
-                    .put_manifest(repository, &tag, OCI_MANIFEST, &m)?;
+                to.client.put_manifest(repository, &tag, OCI_MANIFEST, &m)?;
                 rep.base_facts = Some("pushed");
             }
         }
@@ -514,8 +516,12 @@ fn fetch_json<T: DeserializeOwned>(
     );
     let got = AtomicU64::new(0);
     let path = client.fetch_blob(repository, desc.digest(), desc.size(), dir, &got)?;
-    serde_json::from_slice(&crate::support::fsx::read(&path)?)
-        .with_context(|| format!("the entry's config {} is not what strata wrote", desc.digest()))
+    serde_json::from_slice(&crate::support::fsx::read(&path)?).with_context(|| {
+        format!(
+            "the entry's config {} is not what strata wrote",
+            desc.digest()
+        )
+    })
 }
 
 /// Uploads `v` as a canonical JSON blob of `media_type`; returns its descriptor.
@@ -615,7 +621,12 @@ mod tests {
         assert!(valid_tag(&base_tag(&odd)));
         assert_eq!(base_tag(&odd), base_tag(&odd));
         assert!(parse_ref("--cache-from", "127.0.0.1:5000/strata-cache").is_ok());
-        for bad in ["127.0.0.1:5000/c:latest", "h:1/Upper", "", "h:1/c@sha256:00"] {
+        for bad in [
+            "127.0.0.1:5000/c:latest",
+            "h:1/Upper",
+            "",
+            "h:1/c@sha256:00",
+        ] {
             let e = parse_ref("--cache-to", bad).unwrap_err().0;
             assert!(e.starts_with("--cache-to"), "{bad}: {e}");
         }

@@ -473,3 +473,139 @@ fn a_cold_runner_builds_the_lab_from_the_cache_without_mmdebstrap() {
     assert!(rootfs_in(&cold_cache).is_empty());
     verify(&cold);
 }
+
+/// A client of the test registry, through strata's own library.
+fn client(reg: &Registry) -> strata::registry::Client {
+    let opts = strata::registry::Options {
+        insecure: true,
+        ..Default::default()
+    };
+    strata::registry::Client::new(
+        &reg.host,
+        &opts,
+        &strata::support::progress::Progress::new(true),
+    )
+    .unwrap()
+}
+
+/// Copies the base's facts entry of `from` into `to`, its identity replaced by `identity`:
+/// facts that describe another base than the one the recipe makes here.
+fn plant_base_facts(reg: &Registry, from: &str, to: &str, identity: &str) {
+    use strata::build::remote::{BASE_ARTIFACT, BASE_MEDIA_TYPE};
+    let c = client(reg);
+    let tag = tags(reg, from)
+        .into_iter()
+        .find(|t| t.starts_with("b-"))
+        .unwrap();
+    let m = c.get_manifest(from, &tag).unwrap().unwrap();
+    let m: Value = serde_json::from_slice(&m.bytes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let digest: oci_spec::image::Digest = m["config"]["digest"].as_str().unwrap().parse().unwrap();
+    let size = m["config"]["size"].as_u64().unwrap();
+    let got = std::sync::atomic::AtomicU64::new(0);
+    let path = c.fetch_blob(from, &digest, size, dir.path(), &got).unwrap();
+    let mut facts: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    facts["identity"] = identity.into();
+    let bytes = serde_json::to_vec(&facts).unwrap();
+    let digest = strata::support::hash::sha256_of(&bytes);
+    let path = dir.path().join("facts.json");
+    std::fs::write(&path, &bytes).unwrap();
+    c.push_blob(
+        to,
+        &strata::registry::BlobSource {
+            digest: &digest,
+            size: bytes.len() as u64,
+            path: &path,
+            mount_from: None,
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    let config = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::Other(BASE_MEDIA_TYPE.into()),
+        bytes.len() as u64,
+        digest,
+    );
+    let manifest = strata::registry::manifest::artifact_manifest(
+        BASE_ARTIFACT,
+        &config,
+        &[],
+        None,
+        &Default::default(),
+    )
+    .unwrap();
+    c.put_manifest(
+        to,
+        &tag,
+        strata::registry::manifest::OCI_MANIFEST,
+        &manifest,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_base_known_by_its_facts_is_made_here_only_when_a_layer_on_it_is_in_no_cache() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let cache_ref = format!("{}/real", reg.host);
+    let p = Project::new();
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let first = json(&ok(build(
+        &p,
+        &dir.path().join("c1"),
+        &a,
+        &["--cache-to", &cache_ref, "--allow-private-key"],
+    )));
+    let total = first["layers-total"].as_u64().unwrap();
+
+    // Facts of another base under this base's key (read first): no layer on it anywhere, so
+    // the base is made here; it is not the one the facts describe, so the layers are planned
+    // again with its own identity, and then found in the second cache.
+    plant_base_facts(&reg, "real", "other", &"0".repeat(64));
+    let (b, c2) = (dir.path().join("b"), dir.path().join("c2"));
+    let other = format!("{}/other", reg.host);
+    let out = ok(build(
+        &p,
+        &c2,
+        &b,
+        &["--cache-from", &other, "--cache-from", &cache_ref],
+    ));
+    let rep = json(&out);
+    assert!(
+        stderr(&out).contains("is not the one the cache's facts describe"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(rep["layers-built"], 0, "{rep:#}");
+    assert_eq!(rep["layers-remote"], total, "{rep:#}");
+    assert_eq!(rootfs_in(&c2).len(), 1, "made here");
+    assert_eq!(index_digests(&b), index_digests(&a));
+
+    // The base layer's blob corrupt in the cache: the base is made here (the same base, so
+    // every other layer still comes from the cache).
+    let base_digest = layer(&first, "base")["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = reg.blob_data(&base_digest);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 9;
+    bytes[last] ^= 0x01;
+    std::fs::write(&data, &bytes).unwrap();
+    let (d, c3) = (dir.path().join("d"), dir.path().join("c3"));
+    let out = ok(build(&p, &c3, &d, &["--cache-from", &cache_ref]));
+    let rep = json(&out);
+    assert!(
+        stderr(&out).contains("no cache holds base: making the base's root filesystem here"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(rep["layers-built"], 1, "{rep:#}");
+    assert_eq!(layer(&rep, "base")["from"], "built");
+    assert_eq!(rep["layers-remote"], total - 1, "{rep:#}");
+    assert_eq!(rootfs_in(&c3).len(), 1);
+    assert_eq!(index_digests(&d), index_digests(&a));
+    verify(&d);
+}

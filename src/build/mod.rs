@@ -164,12 +164,12 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
             name: pl.name.clone(),
             key: pl.key.clone(),
             digest: rec.digest.to_string(),
-            from: match (was_built, origins.get(&idx)) {
+            from: match (was_built, origins.get(&pl.key)) {
                 (true, _) => Origin::Built,
                 (false, Some(_)) => Origin::Remote,
                 (false, None) => Origin::Cached,
             },
-            reference: origins.get(&idx).filter(|_| !was_built).cloned(),
+            reference: origins.get(&pl.key).filter(|_| !was_built).cloned(),
         });
         built.insert(idx, (rec, blob));
     }
@@ -243,7 +243,7 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
 }
 
 /// The plan, with every needed layer a remote cache holds fetched into the local cache (by
-/// index: the cache it came from). A base known only by its facts is made here (mmdebstrap)
+/// key: the cache it came from). A base known only by its facts is made here (mmdebstrap)
 /// only when a layer on it is in no cache; if the base made here is not the one the facts
 /// describe, the layers on it get other keys: planned and looked up again.
 fn plan_with_remote<'r>(
@@ -253,7 +253,7 @@ fn plan_with_remote<'r>(
     cache: &Cache,
     remote: &remote::Remote,
     progress: &Progress,
-) -> Result<(plan::Plan<'r>, HashMap<usize, String>)> {
+) -> Result<(plan::Plan<'r>, HashMap<String, String>)> {
     let mut plan = make_plan(recipe, inputs, &opts.only)?;
     let mut origins = remote.fetch_missing(&plan, cache)?;
     let Some(known) = plan.base_facts.clone().filter(|_| plan.base.is_none()) else {

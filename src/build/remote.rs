@@ -265,8 +265,8 @@ impl<'p> Remote<'p> {
     }
 
     /// Fetches every needed layer the local cache lacks and a cache has; returns, by layer
-    /// index, the repository each came from.
-    pub fn fetch_missing(&self, plan: &Plan, cache: &Cache) -> Result<HashMap<usize, String>> {
+    /// key, the repository each came from.
+    pub fn fetch_missing(&self, plan: &Plan, cache: &Cache) -> Result<HashMap<String, String>> {
         let mut out = HashMap::new();
         if self.from.is_empty() {
             return Ok(out);
@@ -281,7 +281,7 @@ impl<'p> Remote<'p> {
             for repo in self.active() {
                 match self.try_layer(repo, &pl.key, &pl.name, cache) {
                     Ok(true) => {
-                        out.insert(idx, repo.reference.repo_name());
+                        out.insert(pl.key.clone(), repo.reference.repo_name());
                         break;
                     }
                     Ok(false) => {}
@@ -366,7 +366,7 @@ impl<'p> Remote<'p> {
         &self,
         plan: &Plan,
         built: &HashMap<usize, (LayerFacts, PathBuf)>,
-        origins: &HashMap<usize, String>,
+        origins: &HashMap<String, String>,
         cache: &Cache,
     ) -> Option<(CachePush, Option<anyhow::Error>)> {
         let to = self.to.as_ref()?;
@@ -399,7 +399,7 @@ impl<'p> Remote<'p> {
         to: &Repo,
         plan: &Plan,
         built: &HashMap<usize, (LayerFacts, PathBuf)>,
-        origins: &HashMap<usize, String>,
+        origins: &HashMap<String, String>,
         cache: &Cache,
         rep: &mut CachePush,
     ) -> Result<()> {
@@ -428,7 +428,7 @@ impl<'p> Remote<'p> {
                 continue;
             }
             let mount_from = origins
-                .get(&idx)
+                .get(&pl.key)
                 .and_then(|from| from.split_once('/'))
                 .filter(|(reg, repo)| *reg == to.reference.registry && *repo != repository)
                 .map(|(_, repo)| repo);

@@ -663,6 +663,41 @@ fn ensure_disk(cli: &Cli, image: &str) -> Result<crate::oci::disks::DiskRecord> 
         .ok_or_else(|| anyhow::anyhow!("`strata disk {image}` wrote no disk record"))
 }
 
+/// `strata build`: the recipe, the remote caches, the report; a `--cache-to` failure after it.
+fn build_command(cli: &Cli) -> Result<()> {
+    let Command::Build {
+        recipe,
+        refresh_base,
+        remote,
+    } = &cli.command
+    else {
+        unreachable!("build_command() is called for the build command")
+    };
+    let remote = remote.options()?;
+    let r = load_recipe(&recipe.recipe)?;
+    let opts = build::Options {
+        remote,
+        ..options(cli, recipe, *refresh_base)
+    };
+    match build::build(&r, &opts) {
+        Ok(mut rep) => {
+            // The report first (CI sees what was built), then the cache's failure.
+            let failure = rep.cache_to_failure.take();
+            show(cli, &rep, text::build)?;
+            failure.map_or(Ok(()), Err)
+        }
+        Err(e) => {
+            // CI gets the verdicts as JSON even when the budget stops the build.
+            if cli.json
+                && let Some(b) = e.downcast_ref::<BudgetExceeded>()
+            {
+                print_json(&serde_json::json!({"error": "budget exceeded", "policy": b.0}))?;
+            }
+            Err(e)
+        }
+    }
+}
+
 /// `strata push`: IMAGE REF, or --all REPO.
 fn push(cli: &Cli) -> Result<()> {
     let Command::Push {
@@ -730,37 +765,7 @@ fn pull(cli: &Cli) -> Result<()> {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Command::Build {
-            recipe,
-            refresh_base,
-            remote,
-        } => {
-            let remote = remote.options()?;
-            let r = load_recipe(&recipe.recipe)?;
-            let opts = build::Options {
-                remote,
-                ..options(&cli, recipe, *refresh_base)
-            };
-            match build::build(&r, &opts) {
-                Ok(mut rep) => {
-                    // The report first (CI sees what was built), then the cache's failure.
-                    let failure = rep.cache_to_failure.take();
-                    show(&cli, &rep, text::build)?;
-                    failure.map_or(Ok(()), Err)
-                }
-                Err(e) => {
-                    // CI gets the verdicts as JSON even when the budget stops the build.
-                    if cli.json
-                        && let Some(b) = e.downcast_ref::<BudgetExceeded>()
-                    {
-                        print_json(
-                            &serde_json::json!({"error": "budget exceeded", "policy": b.0}),
-                        )?;
-                    }
-                    Err(e)
-                }
-            }
-        }
+        Command::Build { .. } => build_command(&cli),
         Command::Plan { recipe } => {
             let r = load_recipe(&recipe.recipe)?;
             let rep = build::plan(&r, &options(&cli, recipe, false))?;

@@ -136,6 +136,19 @@ fn a_second_runner_with_an_empty_cache_builds_nothing_and_gets_the_same_digests(
     assert_eq!(third["layers-cached"], total, "{third:#}");
     assert_eq!(third["index-changed"], false, "{third:#}");
     assert!(rootfs_in(&cache2).is_empty());
+    // And `plan` there sees the base and every layer.
+    let mut c = strata(&cache2);
+    c.args(["plan", "--json", "-o"]).arg(&b).arg(p.recipe());
+    let plan = json(&ok(c));
+    assert_eq!(plan["base-ready"], true, "{plan:#}");
+    assert!(
+        plan["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["cached"] == true),
+        "{plan:#}"
+    );
 
     // Writing again what is there writes nothing: every tag is HEADed, none rewritten.
     let puts = reg.count("PUT", "/manifests/");
@@ -608,4 +621,75 @@ fn a_base_known_by_its_facts_is_made_here_only_when_a_layer_on_it_is_in_no_cache
     assert_eq!(rootfs_in(&c3).len(), 1);
     assert_eq!(index_digests(&d), index_digests(&a));
     verify(&d);
+}
+
+#[test]
+fn a_cache_behind_basic_auth_is_written_with_credentials_and_refused_without_them() {
+    use common::registry::{PASSWORD, USER};
+    let Some(reg) = Registry::start(Auth::Htpasswd) else {
+        return;
+    };
+    let cache_ref = format!("{}/private/cache", reg.host);
+    let p = Project::new();
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    // Credentials on stdin: written.
+    let mut c = build(
+        &p,
+        &dir.path().join("c1"),
+        &a,
+        &["--cache-to", &cache_ref, "--allow-private-key"],
+    );
+    c.args(["--username", USER, "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = json(&out);
+    let total = first["layers-total"].as_u64().unwrap();
+    assert_eq!(first["cache-to"]["layers-pushed"], total, "{first:#}");
+
+    // Without: the cache refuses to be read (a warning, built here) and to be written (exit 6
+    // after the store is committed); the password is never shown.
+    let b = dir.path().join("b");
+    let out = run(build(
+        &p,
+        &dir.path().join("c2"),
+        &b,
+        &["--cache-from", &cache_ref, "--cache-to", &cache_ref],
+    ));
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let rep = json(&out);
+    assert_eq!(rep["layers-built"], total, "{rep:#}");
+    assert_eq!(
+        rep["cache-warnings"].as_array().unwrap().len(),
+        1,
+        "{rep:#}"
+    );
+    assert!(
+        rep["cache-warnings"][0].as_str().unwrap().contains("401"),
+        "{rep:#}"
+    );
+    assert!(rep["cache-to"]["error"].as_str().unwrap().contains("401"));
+    assert_eq!(index_digests(&b), index_digests(&a));
+    // With them from the environment: read.
+    let d = dir.path().join("d");
+    let mut c = build(
+        &p,
+        &dir.path().join("c3"),
+        &d,
+        &["--cache-from", &cache_ref],
+    );
+    c.env("STRATA_REGISTRY_USER", USER)
+        .env("STRATA_REGISTRY_PASSWORD", PASSWORD);
+    let out = ok(c);
+    let rep = json(&out);
+    assert_eq!(rep["layers-built"], 0, "{rep:#}");
+    for o in [&out.stdout, &out.stderr] {
+        assert!(!String::from_utf8_lossy(o).contains(PASSWORD));
+    }
 }

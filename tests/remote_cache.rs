@@ -112,14 +112,31 @@ fn a_second_runner_with_an_empty_cache_builds_nothing_and_gets_the_same_digests(
     assert_eq!(t.iter().filter(|t| t.starts_with("b-")).count(), 1, "{t:?}");
     assert_eq!(t.len() as u64, total + 1, "{t:?}");
 
-    let second = json(&ok(build(&p, &cache2, &b, &["--cache-from", &cache_ref])));
+    // The second runner reads the cache and writes another repository of the same registry:
+    // the blobs are mounted from the cache, not sent.
+    let mirror = format!("{}/mirror", reg.host);
+    let second = json(&ok(build(
+        &p,
+        &cache2,
+        &b,
+        &[
+            "--cache-from",
+            &cache_ref,
+            "--cache-to",
+            &mirror,
+            "--allow-private-key",
+        ],
+    )));
     assert_eq!(second["layers-built"], 0, "{second:#}");
     assert_eq!(second["layers-remote"], total, "{second:#}");
     for l in second["layers"].as_array().unwrap() {
         assert_eq!(l["from"], "remote", "{l}");
         assert_eq!(l["ref"], cache_ref.as_str(), "{l}");
     }
-    assert!(second.get("cache-to").is_none());
+    assert_eq!(second["cache-to"]["layers-pushed"], total, "{second:#}");
+    assert_eq!(second["cache-to"]["blobs-mounted"], total, "{second:#}");
+    assert_eq!(second["cache-to"]["bytes-sent"], 0, "{second:#}");
+    assert_eq!(tags(&reg, "mirror"), t);
     assert_eq!(index_digests(&b), index_digests(&a));
     verify(&b);
     // The base was never made on the second runner: only its facts came.

@@ -1,14 +1,19 @@
 //! # Build: recipe → plan → layers → images → one atomic index update
 //!
 //! 1. **Prepare** ([`plan::Inputs::prepare`]): the base root filesystem (cached by its inputs)
-//!    and the cluster key exist. `strata plan` skips this and reads what is there
+//!    and the cluster key exist — or only the base's facts, known from a remote cache
+//!    ([`remote`]). `strata plan` skips this and reads what is there
 //!    ([`plan::Inputs::look`]): a plan writes nothing anywhere.
 //! 2. **Plan** ([`plan::make_plan`], pure): every layer once, with its key; each image's list.
+//!    With `--cache-from`, every needed layer the local cache lacks and a remote cache holds is
+//!    fetched into the local cache; a base known by its facts alone is made only if a layer on
+//!    it is in no cache.
 //! 3. **Budgets** ([`budget::check`]): the same check for `plan` and `build`.
 //! 4. **Produce** ([`produce`]): each layer not in the cache, in one streaming pass.
 //! 5. **Commit** ([`commit`]): only now is the store touched, under its lock; `index.json` last.
 //!    Any error before this point (a bad recipe, template, download or tarball, a broken budget)
 //!    leaves the store exactly as it was.
+//! 6. **Share** (`--cache-to`, [`remote`]): what the remote cache lacks is written to it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 //! $STRATA_CACHE/                  default: $XDG_CACHE_HOME/strata, ~/.cache/strata
 //! ├── base/<key>/rootfs.tar       a base root filesystem, keyed by its inputs (mmdebstrap args…)
 //! ├── base/<key>/info.json        its package list and account files
+//! ├── base/<key>/known.json       a base's facts learnt from a remote cache (its rootfs identity,
+//! │                               packages, accounts), for planning without its rootfs
 //! ├── layers/<key>.json           a built layer: digest, diff_id, sizes (key = hash of inputs)
 //! ├── blobs/sha256/<hex>          the compressed layer blobs, copied (never linked) into stores
 //! ├── filehash/<stamp>            memo: the SHA-256 of a file with this (path, device, inode,

@@ -612,6 +612,53 @@ fn scan_layer(blob: &Path, facts: &LayerFacts) -> Result<bool> {
 mod tests {
     use super::*;
 
+    /// A gzip layer of `files` in `dir`, and its true facts.
+    fn layer_blob(dir: &Path, files: &[(&str, &str)]) -> (PathBuf, LayerFacts) {
+        use std::io::Write;
+        let entries: Vec<layer::Entry> = files
+            .iter()
+            .map(|(p, c)| layer::Entry::file(p, layer::Content::bytes(c.as_bytes()), 0o600, 0, 0))
+            .collect();
+        let mut tar = Vec::new();
+        let stats = layer::write_tar(&entries, 1_700_000_000, &mut tar).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let path = dir.join("blob");
+        std::fs::write(&path, &blob).unwrap();
+        let facts = LayerFacts {
+            digest: crate::support::hash::sha256_of(&blob),
+            diff_id: crate::support::hash::sha256_of(&tar),
+            size: blob.len() as u64,
+            uncompressed_size: tar.len() as u64,
+            media_type: MediaType::ImageLayerGzip,
+            entries: stats.entries,
+            file_bytes: stats.file_bytes,
+            packages: vec![],
+            private_key: false,
+        };
+        (path, facts)
+    }
+
+    #[test]
+    fn a_fetched_layer_must_have_its_diff_id_and_its_key_flag_is_recomputed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (blob, facts) = layer_blob(dir.path(), &[("etc/motd", "hello\n")]);
+        assert!(!scan_layer(&blob, &facts).unwrap());
+        let mut lying = facts.clone();
+        lying.diff_id = crate::support::hash::sha256_of(b"another tar");
+        let e = scan_layer(&blob, &lying).unwrap_err();
+        assert!(e.downcast_ref::<ChecksumMismatch>().is_some(), "{e:#}");
+        let mut lying = facts.clone();
+        lying.uncompressed_size += 512;
+        assert!(scan_layer(&blob, &lying).is_err());
+        // Facts that say "no key" for a layer holding one are corrected.
+        let pem = concat!("-----BEGIN OPENSSH ", "PRIVATE KEY-----\nxx\n");
+        let (blob, facts) = layer_blob(dir.path(), &[("home/u/.ssh/id_ed25519", pem)]);
+        assert!(!facts.private_key);
+        assert!(scan_layer(&blob, &facts).unwrap());
+    }
+
     #[test]
     fn tags_are_valid_and_refs_are_repositories() {
         let key = "ab".repeat(32);

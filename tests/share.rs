@@ -272,6 +272,11 @@ fn a_cut_blob_upload_is_retried_and_a_second_run_resends_nothing() {
             .count() as u64
     };
     assert_eq!(puts(&proxy), blobs + 1, "only the cut blob was sent twice");
+    assert!(
+        stderr(&out).contains("sending it again"),
+        "{}",
+        stderr(&out)
+    );
     // Every tag is there, as skopeo reads it.
     if require("skopeo") {
         for (name, digest) in index_digests(&store) {
@@ -890,5 +895,47 @@ fn bad_input_says_what_to_do() {
         stderr(&out).contains("media type") || stderr(&out).contains("MANIFEST"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn a_final_put_whose_answer_is_lost_is_headed_not_sent_again() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let (_p, store) = tiny();
+    let proxy = Proxy::start(reg.host.parse().unwrap());
+    let host = proxy.url().trim_start_matches("http://").to_string();
+    // The registry stores the blob; its answer comes after strata gave up waiting.
+    proxy.add(
+        Rule::new(
+            "PUT",
+            "/blobs/uploads/",
+            Fault::DelayResponse(std::time::Duration::from_secs(4)),
+        )
+        .times(1),
+    );
+    let out = push_json(
+        &store,
+        &format!("{host}/lost"),
+        &["--registry-timeout", "1"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rep = json(&out);
+    assert_eq!(proxy.faults_applied(), 1);
+    assert!(
+        stderr(&out).contains("but the registry has it"),
+        "{}",
+        stderr(&out)
+    );
+    let reqs = proxy.requests();
+    let puts = reqs
+        .iter()
+        .filter(|s| s.method == "PUT" && s.target.contains("/blobs/uploads/"))
+        .count() as u64;
+    assert_eq!(
+        puts,
+        rep["blobs"]["sent"].as_u64().unwrap(),
+        "the blob whose answer was lost was HEADed, found, and not sent again: {reqs:?}"
     );
 }

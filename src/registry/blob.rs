@@ -159,9 +159,17 @@ impl Client {
             match result {
                 Ok(()) => return Ok(BlobOutcome::Uploaded),
                 Err(e) if attempt < tries && worth_retrying(&e) => {
+                    let short = &blob.digest.digest()[..12];
                     if self.head_blob(repository, blob.digest)? == Some(blob.size) {
+                        self.say(&format!(
+                            "blob {short}: the upload failed ({e:#}) but the registry has it"
+                        ));
                         return Ok(BlobOutcome::Uploaded);
                     }
+                    self.say(&format!(
+                        "blob {short}: the upload failed ({e:#}); sending it again ({attempt}/{})",
+                        tries - 1
+                    ));
                     std::thread::sleep(Duration::from_millis(500 * attempt));
                 }
                 Err(e) => {

@@ -155,6 +155,11 @@ impl Client {
         })
     }
 
+    /// One line of progress.
+    pub fn say(&self, msg: &str) {
+        self.progress.say(msg);
+    }
+
     /// The read timeout (uploads add to it).
     pub fn timeout(&self) -> Duration {
         self.opts.timeout

@@ -155,6 +155,22 @@ impl Client {
         })
     }
 
+    /// `GET /v2/`: one clear error before any work when the registry is unreachable, speaks
+    /// no TLS, or refuses the credentials; learns how it authenticates (its challenge) once,
+    /// before concurrent requests would each meet a 401.
+    pub fn ping(&self) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        let r = self.send("GET", &url, &[], Retry::Idempotent, &|h| Ok(h.get(&url)))?;
+        match r.status().as_u16() {
+            200 => Ok(()),
+            404 => anyhow::bail!(
+                "{url} answered 404: {} does not serve the OCI distribution API there",
+                self.host
+            ),
+            _ => Err(self.status_error("GET", &url, r)),
+        }
+    }
+
     /// One line of progress.
     pub fn say(&self, msg: &str) {
         self.progress.say(msg);
@@ -308,6 +324,13 @@ impl Client {
                     ));
                 }
                 Ok(r) => return Ok(r),
+                Err(e) if tls_problem(&e).is_some() => {
+                    return Err(RegistryError::Unreachable {
+                        url: url.to_string(),
+                        reason: format!("{} ({})", tls_problem(&e).unwrap_or(""), short(&e)),
+                    }
+                    .into());
+                }
                 Err(e)
                     if !last
                         && (e.is_connect() || e.is_request() || e.is_body() || e.is_timeout()) =>
@@ -360,6 +383,18 @@ impl Client {
             hint,
         }
         .into()
+    }
+}
+
+/// A TLS failure is not transient: no retry, and what it probably means.
+fn tls_problem(e: &reqwest::Error) -> Option<&'static str> {
+    let text = short(e);
+    if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        Some("the registry does not speak TLS on this port")
+    } else if text.contains("certificate") || text.contains("Certificate") {
+        Some("the registry's TLS certificate is not trusted by this machine")
+    } else {
+        None
     }
 }
 

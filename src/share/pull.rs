@@ -93,7 +93,8 @@ fn resolve(client: &Client, r: &Reference) -> Result<Remote> {
     let repo = &r.repository;
     let reference = r.reference().expect("checked");
     let Some(m) = client.get_manifest(repo, &reference)? else {
-        let tags = client.list_tags(repo).unwrap_or_default();
+        let mut tags = client.list_tags(repo).unwrap_or_default();
+        tags.retain(|t| !t.ends_with(super::EXTRAS_SUFFIX));
         let names: Vec<&str> = tags.iter().map(String::as_str).collect();
         let hint = nearest(&reference, &names)
             .map(|n| format!(" Did you mean {n}?"))
@@ -156,10 +157,9 @@ pub fn pull(opts: &Options) -> Result<PullReport> {
     let mut clients: HashMap<String, Client> = HashMap::new();
     for r in &refs {
         if !clients.contains_key(&r.registry) {
-            clients.insert(
-                r.registry.clone(),
-                Client::new(&r.registry, &opts.registry, &progress)?,
-            );
+            let client = Client::new(&r.registry, &opts.registry, &progress)?;
+            client.ping()?;
+            clients.insert(r.registry.clone(), client);
         }
     }
     // The manifests first: a reference the registry does not have creates no store.

@@ -253,6 +253,7 @@ pub fn push(opts: &Options) -> Result<PushReport> {
     let blobs = blobs_of(&view, &chosen)?;
     let progress = Progress::new(opts.quiet);
     let client = Client::new(&target.registry, &opts.registry, &progress)?;
+    client.ping()?;
     let repo = target.repository.as_str();
     let total: u64 = blobs.iter().map(|b| b.size).sum();
     progress.say(format!(

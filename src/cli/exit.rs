@@ -56,6 +56,26 @@ mod tests {
         .into();
         assert_eq!(code(&e), exit::CHECKSUM);
         assert_eq!(code(&Damaged(vec!["blob".into()]).into()), exit::DAMAGED);
+        let refused = |status| -> anyhow::Error {
+            RegistryError::Status {
+                method: "PUT".into(),
+                url: "http://r/v2/x/manifests/t".into(),
+                status,
+                code: String::new(),
+                message: String::new(),
+                hint: String::new(),
+            }
+            .into()
+        };
+        assert_eq!(code(&refused(401)), exit::CLOUD_REFUSED);
+        assert_eq!(code(&refused(415)), exit::CLOUD_REFUSED);
+        assert_eq!(code(&refused(503)), exit::FAILURE);
+        let unreachable: anyhow::Error = RegistryError::Unreachable {
+            url: "http://r/v2/".into(),
+            reason: "refused".into(),
+        }
+        .into();
+        assert_eq!(code(&unreachable.context("pushing")), exit::FAILURE);
         let r: anyhow::Result<()> = Err(std::io::Error::other("disk full").into());
         assert_eq!(code(&r.context("writing").unwrap_err()), exit::FAILURE);
     }

@@ -403,3 +403,52 @@ fn scope_key(scopes: &[String]) -> String {
     s.sort();
     s.join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distribution_errors_give_their_code_and_messages() {
+        let (code, msg) = error_of(
+            r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:x"},{"code":"X","message":"second"}]}"#,
+        );
+        assert_eq!(code, "MANIFEST_BLOB_UNKNOWN");
+        assert_eq!(msg, "blob unknown to registry; second");
+        let (code, msg) = error_of("<html>502 Bad Gateway</html>");
+        assert_eq!(code, "");
+        assert!(msg.contains("502"));
+    }
+
+    #[test]
+    fn scopes_key_tokens_whatever_their_order() {
+        let a = scope_key(&["repository:b:pull".into(), "repository:a:pull,push".into()]);
+        let b = scope_key(&["repository:a:pull,push".into(), "repository:b:pull".into()]);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn locations_resolve_against_the_registry() {
+        let c = Client::new(
+            "127.0.0.1:5000",
+            &Options {
+                insecure: true,
+                ..Options::default()
+            },
+            &Progress::new(true),
+        )
+        .unwrap();
+        assert_eq!(
+            c.resolve("/v2/lab/blobs/uploads/u?_state=x").unwrap(),
+            "http://127.0.0.1:5000/v2/lab/blobs/uploads/u?_state=x"
+        );
+        assert_eq!(
+            c.resolve("https://other.example/upload/1").unwrap(),
+            "https://other.example/upload/1"
+        );
+        assert_eq!(
+            c.url("team/lab", "manifests/3.3.6"),
+            "http://127.0.0.1:5000/v2/team/lab/manifests/3.3.6"
+        );
+    }
+}

@@ -939,3 +939,52 @@ fn a_final_put_whose_answer_is_lost_is_headed_not_sent_again() {
         "the blob whose answer was lost was HEADed, found, and not sent again: {reqs:?}"
     );
 }
+
+#[test]
+fn an_image_pushed_by_another_tool_is_pulled_without_a_record_and_a_docker_manifest_is_refused() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    if !require("skopeo") {
+        return;
+    }
+    let (_p, store) = tiny();
+    let digest = index_digests(&store)["tiny:3.3.6"].clone();
+    let copy = |format: &str, tag: &str| {
+        let out = Command::new("skopeo")
+            .args(["copy", "-q", "--dest-tls-verify=false", "--format", format])
+            .arg(format!("oci:{}:3.3.6", store.display()))
+            .arg(format!("docker://{}/other:{tag}", reg.host))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo copy: {}", stderr(&out));
+    };
+    copy("oci", "oci");
+    copy("v2s2", "docker");
+    let dir = tempfile::tempdir().unwrap();
+    let rep = json(&ok(share(
+        dir.path(),
+        &[
+            "pull",
+            "--insecure",
+            "--json",
+            &format!("{}/other:oci", reg.host),
+        ],
+    )));
+    assert_eq!(rep["images"][0]["extras"], false, "{rep:#}");
+    assert_eq!(rep["images"][0]["name"], "other:oci");
+    assert_eq!(
+        index_digests(dir.path())["other:oci"],
+        digest,
+        "the same bytes"
+    );
+    let mut c = strata(&dir.path().join("cache"));
+    c.args(["verify", "-o"]).arg(dir.path());
+    ok(c);
+    let out = run(share(
+        dir.path(),
+        &["pull", "--insecure", &format!("{}/other:docker", reg.host)],
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Docker v2"), "{}", stderr(&out));
+}

@@ -988,3 +988,51 @@ fn an_image_pushed_by_another_tool_is_pulled_without_a_record_and_a_docker_manif
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("Docker v2"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_pull_that_would_mix_settings_of_one_recipe_is_refused() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let (_p, store) = tiny();
+    ok(share(
+        &store,
+        &[
+            "push",
+            "--all",
+            &format!("{}/tiny", reg.host),
+            "--insecure",
+            "--allow-private-key",
+        ],
+    ));
+    // The same recipe built here with another epoch: other settings.
+    let local = Project::new();
+    local.edit_recipe(|r| r.replace("epoch = 1700000000", "epoch = 1700000001"));
+    let here = local.root().join("output");
+    ok(local.build(&here));
+    let before = std::fs::read(here.join("index.json")).unwrap();
+    let out = run(share(
+        &here,
+        &["pull", "--insecure", &format!("{}/tiny:3.3.6", reg.host)],
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("other settings") && err.contains("tiny:2.10.2"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(here.join("index.json")).unwrap(),
+        before,
+        "the index is unchanged"
+    );
+    // Pulling every image of the recipe replaces them all: accepted.
+    let refs: Vec<String> = index_digests(&store)
+        .keys()
+        .map(|n| format!("{}/tiny:{}", reg.host, n.rsplit_once(':').unwrap().1))
+        .collect();
+    let mut args = vec!["pull", "--insecure"];
+    args.extend(refs.iter().map(String::as_str));
+    ok(share(&here, &args));
+    assert_eq!(index_digests(&here), index_digests(&store));
+}

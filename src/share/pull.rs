@@ -256,6 +256,7 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
         .as_ref()
         .map(|i| i.manifests().clone())
         .unwrap_or_default();
+    let old_recipes = record.recipes.clone();
     let mut pulled = Vec::new();
     for x in remotes {
         let info = store.put_blob(&x.manifest)?;
@@ -307,6 +308,7 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
             extras: x.record.is_some(),
         });
     }
+    same_settings(&old_recipes, &record, &pulled)?;
     let record_blob = store.put_blob(&canonical_json(&record)?)?;
     let mut annotations = old_index
         .as_ref()
@@ -324,6 +326,35 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
         .build()?;
     store.write_index(&index)?;
     Ok(pulled)
+}
+
+/// One recipe, one set of settings per store: images of a recipe this pull did not replace,
+/// built with other settings than the pulled ones, would read the new settings (and make other
+/// disks). Refused, saying what to do.
+fn same_settings(
+    old: &std::collections::BTreeMap<String, crate::recipe::Settings>,
+    record: &StoreRecord,
+    pulled: &[PulledImage],
+) -> Result<()> {
+    for (recipe, before) in old {
+        if record.recipes.get(recipe) == Some(before) {
+            continue;
+        }
+        let stale: Vec<&str> = record
+            .images
+            .iter()
+            .filter(|i| i.recipe() == recipe && !pulled.iter().any(|p| p.name == i.name))
+            .map(|i| i.name.as_str())
+            .collect();
+        if !stale.is_empty() {
+            return Err(BadInput(format!(
+                "the pulled images of recipe {recipe:?} were built with other settings than this                  store's {}: pull into another store (-o DIR), or pull those images too",
+                stale.join(", ")
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Takes the pulled image's part of the remote record into the local one.

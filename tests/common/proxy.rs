@@ -788,6 +788,40 @@ mod tests {
     }
 
     #[test]
+    fn rewrite_target_changes_the_request_line_only() {
+        let (up, log) = server();
+        let p = Proxy::start(up);
+        p.add(Rule::new(
+            "POST",
+            "from=src",
+            Fault::RewriteTarget {
+                from: "from=src".into(),
+                to: "from=nowhere".into(),
+            },
+        ));
+        let (mut c, mut r) = client(&p);
+        send(
+            &mut c,
+            "POST",
+            "/v2/x/blobs/uploads/?mount=d&from=src",
+            b"{}",
+        )
+        .unwrap();
+        assert_eq!(
+            response(&mut r),
+            Some((
+                200,
+                "POST /v2/x/blobs/uploads/?mount=d&from=nowhere 2".into()
+            ))
+        );
+        assert_eq!(log.lock().unwrap().requests[0].2, b"{}");
+        assert_eq!(
+            p.requests()[0].target,
+            "/v2/x/blobs/uploads/?mount=d&from=src"
+        );
+    }
+
+    #[test]
     fn clear_removes_the_faults() {
         let (up, _log) = server();
         let p = Proxy::start(up);

@@ -1036,3 +1036,58 @@ fn a_pull_that_would_mix_settings_of_one_recipe_is_refused() {
     ok(share(&here, &args));
     assert_eq!(index_digests(&here), index_digests(&store));
 }
+
+#[test]
+fn a_download_cut_midway_is_fetched_again_and_the_store_verifies() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let (_p, store) = tiny();
+    ok(share(
+        &store,
+        &[
+            "push",
+            "--all",
+            &format!("{}/tiny", reg.host),
+            "--insecure",
+            "--allow-private-key",
+        ],
+    ));
+    let proxy = Proxy::start(reg.host.parse().unwrap());
+    let host = proxy.url().trim_start_matches("http://").to_string();
+    // The download of the largest layer stops after its head and a few bytes of its body.
+    let manifest = blob_json(&store, &index_digests(&store)["tiny:3.3.6"]);
+    let largest = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|l| l["size"].as_u64().unwrap())
+        .unwrap();
+    assert!(largest["size"].as_u64().unwrap() > 2000, "{largest}");
+    let digest = largest["digest"].as_str().unwrap();
+    proxy.add(Rule::new("GET", digest, Fault::CutResponseAfterBytes(600)).times(1));
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(share(
+        dir.path(),
+        &[
+            "pull",
+            "--insecure",
+            "--json",
+            &format!("{host}/tiny:3.3.6"),
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(proxy.faults_applied(), 1);
+    assert!(
+        stderr(&out).contains("fetching it again"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        index_digests(dir.path())["tiny:3.3.6"],
+        index_digests(&store)["tiny:3.3.6"]
+    );
+    let mut c = strata(&dir.path().join("cache"));
+    c.args(["verify", "-o"]).arg(dir.path());
+    ok(c);
+}

@@ -377,6 +377,10 @@ impl Client {
                     return Ok(dest);
                 }
                 Err(e) if tries < 3 && worth_retrying(&e) => {
+                    self.say(&format!(
+                        "blob {}: the download failed ({e:#}); fetching it again ({tries}/2)",
+                        &digest.digest()[..12]
+                    ));
                     std::thread::sleep(Duration::from_millis(500 * tries));
                 }
                 Err(e) => return Err(e),

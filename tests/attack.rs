@@ -485,6 +485,16 @@ fn verify_gc_and_report_name_what_is_wrong() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
+    // Damage in a blob no image uses is a note, not a problem (a build cannot be asked to fix
+    // it; gc removes it).
+    let (out, cache) = b.copy("unused");
+    std::fs::write(out.join("blobs/sha256").join("ab".repeat(32)), "junk").unwrap();
+    std::fs::create_dir(out.join("blobs/sha256").join("cd".repeat(32))).unwrap();
+    let r = json(&ok(cmd(&cache, &["verify", "--json"], &out)));
+    assert_eq!(r["unreferenced-damaged"], 2, "{r}");
+    let r = json(&ok(cmd(&cache, &["gc", "--json"], &out)));
+    assert_eq!(r["removed-blobs"], 2, "{r}");
+    assert_eq!(verify_code(&cache, &out), 0);
     // Garbage in oci-layout.
     let (out, cache) = b.copy("layout");
     std::fs::write(out.join("oci-layout"), "{\"imageLayoutVersion\": 7}").unwrap();

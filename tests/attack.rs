@@ -778,7 +778,7 @@ fn sigkill_anywhere_leaves_the_old_or_the_new_index() {
 
     let mut t = Tally::default();
     let mut kill_points: Vec<(String, Option<Duration>, Option<&str>)> = Vec::new();
-    for fp in ["layer-write", "store-blob", "index-write"] {
+    for fp in ["layer-write", "store-copy", "store-blob", "index-write"] {
         kill_points.push((format!("failpoint {fp}"), None, Some(fp)));
     }
     let steps = 24u32;

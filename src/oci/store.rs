@@ -313,6 +313,7 @@ impl Store {
         }
         f.sync_all()
             .with_context(|| format!("syncing {:?}", tmp.path()))?;
+        failpoint::hit("store-copy");
         self.make_room(&dest)?;
         tmp.persist(&dest)
             .with_context(|| format!("renaming blob into {dest:?}"))?;

@@ -826,6 +826,33 @@ fn sigkill_anywhere_leaves_the_old_or_the_new_index() {
     t.check("SIGKILL campaign");
 }
 
+/// `verify --repair` killed while it copies a blob back: the store is no worse (the index and
+/// every intact blob unchanged) and the next `verify --repair` finishes the job.
+#[test]
+fn sigkill_during_a_repair_then_repair_again() {
+    let b = built();
+    let (out, cache) = b.copy("repair-kill");
+    let p = parts(&out, "tiny:3.3.6");
+    flip(&blob(&out, &p.layers[0]), 9);
+    flip(&blob(&out, &p.manifest), 9);
+    let index = std::fs::read(out.join("index.json")).unwrap();
+    let cache_arg = format!("--cache={}", cache.display());
+    let mut c = cmd(&cache, &["verify", "--repair", &cache_arg], &out);
+    c.env("STRATA_FAILPOINT", "store-copy")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    wait_for_failpoint(&mut child, "store-copy");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(std::fs::read(out.join("index.json")).unwrap(), index);
+    let o = run(cmd(&cache, &["verify"], &out));
+    assert_eq!(o.status.code(), Some(4), "still damaged, no worse");
+    ok(cmd(&cache, &["verify", "--repair", &cache_arg], &out));
+    assert_eq!(verify_code(&cache, &out), 0);
+    assert_eq!(index_digests(&out), index_digests(&b.store));
+}
+
 fn wait_for_failpoint(child: &mut std::process::Child, fp: &str) {
     let err = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();

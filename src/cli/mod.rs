@@ -28,7 +28,7 @@ Quick start:
   strata ls                         the images, with digests and sizes
   strata inspect hadoop-lab:3.3.6   its layers, their sizes, which images share each
   strata diff hadoop-lab:3.3.6 hadoop-lab:3.4.1
-  strata verify                     re-hash every blob, check every manifest
+  strata verify [--repair]          re-hash every blob, check every manifest (restore damage)
   strata disk hadoop-lab:3.3.6 --boot-test
   strata publish hadoop-lab:3.3.6 --cloud lab     upload its disk to Glance, verified
 
@@ -249,7 +249,25 @@ STRATA_SSH_KEY, or the one the build used). Results are kept beside the disk."
     /// Which files differ between two images, layer by layer.
     Diff { a: String, b: String },
     /// Re-hash every blob and check every manifest, config and diff_id.
-    Verify,
+    #[command(
+        after_help = "Exits 4 when the store is damaged, naming each blob or file. With \
+--repair, every damaged or missing blob the cache still holds intact is copied back (layers, \
+configs, manifests, records); the recipes given after --repair are then built into the store, \
+which rewrites what the cache could not restore. The store is verified again at the end: exit 4 \
+if damage remains, saying what (then run `strata build RECIPE -o DIR` with the recipe of those \
+images)."
+    )]
+    Verify {
+        /// Restore damaged blobs from the cache, then build the RECIPEs given.
+        #[arg(long)]
+        repair: bool,
+        /// With --repair: recipes to build into the store for what the cache cannot restore.
+        #[arg(requires = "repair", value_name = "RECIPE")]
+        recipes: Vec<PathBuf>,
+        /// The build cache directory [env: STRATA_CACHE; default ~/.cache/strata].
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+    },
     /// Remove blobs no image uses (and leftovers of interrupted writes).
     Gc {
         /// Only say what would be removed.
@@ -329,6 +347,30 @@ pub fn load_recipe(path: &std::path::Path) -> Result<Recipe> {
     Ok(recipe)
 }
 
+/// `verify --repair`: blobs back from the cache, then each recipe given built into the store.
+fn repair_store(
+    cli: &Cli,
+    recipes: &[PathBuf],
+    cache: Option<&std::path::Path>,
+) -> Result<Vec<String>> {
+    let dir = cache
+        .map(PathBuf::from)
+        .unwrap_or_else(crate::cache::Cache::default_dir);
+    let mut repaired = inspect::repair(&cli.output, &crate::cache::Cache::read_only(&dir))?;
+    for r in recipes {
+        let recipe = load_recipe(r)?;
+        let opts = build::Options {
+            output: cli.output.clone(),
+            cache: Some(dir.clone()),
+            quiet: cli.quiet,
+            repairing: true,
+            ..build::Options::default()
+        };
+        repaired.extend(build::build(&recipe, &opts)?.repaired_blobs);
+    }
+    Ok(repaired)
+}
+
 fn options(cli: &Cli, r: &RecipeArgs, refresh_base: bool) -> build::Options {
     build::Options {
         output: cli.output.clone(),
@@ -338,6 +380,7 @@ fn options(cli: &Cli, r: &RecipeArgs, refresh_base: bool) -> build::Options {
         only: r.only.clone(),
         quiet: cli.quiet,
         overrides: r.policy.overrides(),
+        repairing: false,
     }
 }
 
@@ -509,8 +552,27 @@ pub fn run(cli: Cli) -> Result<()> {
             show(&cli, &inspect::inspect(&cli.output, image)?, text::inspect)
         }
         Command::Diff { a, b } => show(&cli, &inspect::diff(&cli.output, a, b)?, text::diff),
-        Command::Verify => {
-            let rep = inspect::verify(&cli.output)?;
+        Command::Verify {
+            repair,
+            recipes,
+            cache,
+        } => {
+            let repaired = if *repair {
+                repair_store(&cli, recipes, cache.as_deref())?
+            } else {
+                vec![]
+            };
+            let mut rep = inspect::verify(&cli.output)?;
+            rep.repaired = repaired;
+            if *repair && !rep.problems.is_empty() {
+                rep.problems.push(format!(
+                    "not repaired: the cache does not hold these blobs intact; build the recipe \
+                     of the damaged images into the store (`strata verify --repair RECIPE -o {}` \
+                     or `strata build RECIPE -o {}`)",
+                    cli.output.display(),
+                    cli.output.display()
+                ));
+            }
             show(&cli, &rep, text::verify)?;
             inspect::damaged(&rep)
         }
@@ -593,6 +655,7 @@ mod tests {
             &["inspect", "3.3.6"],
             &["diff", "a", "b"],
             &["verify"],
+            &["verify", "--repair", "recipes/lab.toml", "--cache", "c"],
             &["gc", "--dry-run"],
             &["export", "a", "--oci-archive", "x.tar"],
         ] {

@@ -51,6 +51,9 @@ pub fn build(rep: &BuildReport) -> String {
         rep.seconds,
         rep.output.display()
     );
+    for r in &rep.repaired_blobs {
+        let _ = writeln!(s, "repaired blob {r} (it was damaged in the store)");
+    }
     s
 }
 
@@ -395,12 +398,15 @@ pub fn verify(rep: &VerifyReport) -> String {
         rep.images,
         rep.layers_decompressed
     );
-    if rep.temp_files > 0 || rep.unreferenced_blobs > 0 {
+    if rep.temp_files > 0 || rep.unreferenced_blobs > 0 || rep.unreferenced_damaged > 0 {
         let _ = writeln!(
             s,
-            "note: {} temp file(s) of interrupted writes and {} unreferenced blob(s): harmless; `strata gc` removes them",
-            rep.temp_files, rep.unreferenced_blobs
+            "note: {} temp file(s) of interrupted writes, {} unreferenced blob(s), {} damaged entr(ies) no image uses: harmless; `strata gc` removes them",
+            rep.temp_files, rep.unreferenced_blobs, rep.unreferenced_damaged
         );
+    }
+    for r in &rep.repaired {
+        let _ = writeln!(s, "repaired: {r}");
     }
     for p in &rep.problems {
         let _ = writeln!(s, "PROBLEM: {p}");

@@ -105,7 +105,7 @@ fn header(
             header.name.span(),
             "recipe.name",
             format!(
-                "{name:?} is not a valid image name (lowercase letters, digits, `-`, `.`, `_`)"
+                "{name:?} is not a valid image name: a Docker repository name, i.e. lowercase letters and digits joined by single `.`, `_`, `__` or dashes (e.g. hadoop-lab)"
             ),
         ));
     }
@@ -945,13 +945,31 @@ fn check_sha512(s: &str) -> Result<(), String> {
     }
 }
 
-/// Lowercase letters, digits, and `-._` not at the ends: valid in an OCI/Docker repository name.
+/// A Docker/OCI repository path component (distribution's grammar, at most 128 characters):
+/// runs of lowercase letters and digits joined by `.`, `_`, `__` or any number of `-`; so `a..b`,
+/// `a._b` and `a___b` are refused.
 pub fn valid_name_component(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+    if s.is_empty() || s.len() > 128 {
+        return false;
+    }
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let mut rest = s;
+    loop {
+        let run = rest.find(|c: char| !alnum(c)).unwrap_or(rest.len());
+        if run == 0 {
+            return false;
+        }
+        rest = &rest[run..];
+        if rest.is_empty() {
+            return true;
+        }
+        let sep = rest.find(alnum).unwrap_or(rest.len());
+        let ok = matches!(&rest[..sep], "." | "_" | "__") || rest[..sep].chars().all(|c| c == '-');
+        if !ok {
+            return false;
+        }
+        rest = &rest[sep..];
+    }
 }
 
 #[cfg(test)]
@@ -1854,5 +1872,10 @@ mod tests {
         assert!(valid_name_component("hadoop-lab"));
         assert!(!valid_name_component("Hadoop"));
         assert!(!valid_name_component("-x"));
+        assert!(valid_name_component("a--b.c_d__e"));
+        for bad in ["a..b", "a._b", "a___b", "a.", "a/b", "a:b", "é", ""] {
+            assert!(!valid_name_component(bad), "{bad:?}");
+        }
+        assert!(!valid_name_component(&"a".repeat(129)));
     }
 }

@@ -5,8 +5,10 @@
 //! entries; [`record`] is the typed, versioned store record (what later commands need without the
 //! recipe); [`view`] is a read-only view of a store's images.
 
+pub mod archive;
 pub mod disks;
 pub mod image;
 pub mod record;
+pub mod smoke;
 pub mod store;
 pub mod view;

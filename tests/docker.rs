@@ -178,12 +178,21 @@ fn run_loads_when_missing_streams_the_output_passes_the_exit_code_and_removes_th
         engine.image(IMAGE).expect("loaded first")["Id"],
         lab.config_digest.as_str()
     );
-    assert_eq!(engine.strata_containers(), before, "the container is removed");
+    assert_eq!(
+        engine.strata_containers(),
+        before,
+        "the container is removed"
+    );
 
     // The image is there now: no load; exit 0; --json keeps stdout for the document.
     let mut c = engine.strata(&lab.cache, &lab.store);
     c.args([
-        "run", IMAGE, "--json", "--", "sh", "-c",
+        "run",
+        IMAGE,
+        "--json",
+        "--",
+        "sh",
+        "-c",
         "echo \"net=$(cat /proc/net/dev | grep -c :)\"",
     ]);
     let out = ok_bounded(c);
@@ -207,7 +216,8 @@ fn run_loads_when_missing_streams_the_output_passes_the_exit_code_and_removes_th
 fn fake_release(dir: &Path, version: &str, says: &str) {
     let bin = dir.join(format!("hadoop-{version}/bin"));
     std::fs::create_dir_all(&bin).unwrap();
-    let script = format!("#!/bin/sh\necho \"Hadoop {says}\"\necho \"Source code repository test\"\n");
+    let script =
+        format!("#!/bin/sh\necho \"Hadoop {says}\"\necho \"Source code repository test\"\n");
     std::fs::write(bin.join("hadoop"), script).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(bin.join("hadoop"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -248,11 +258,16 @@ fn smoke_checks_the_running_container_records_it_and_inspect_shows_it() {
     let wrong = tempfile::tempdir().unwrap();
     fake_release(wrong.path(), "3.3.6", "3.3.5");
     let mut c = engine.strata(&lab.cache, &lab.store);
-    c.args(["run", IMAGE, "--smoke", "--dist"]).arg(wrong.path());
+    c.args(["run", IMAGE, "--smoke", "--dist"])
+        .arg(wrong.path());
     let out = run_bounded(c);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stdout(&out).contains("FAILED"), "{}", stdout(&out));
-    assert!(stderr(&out).contains("hadoop: 3.3.5 (want 3.3.6)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("hadoop: 3.3.5 (want 3.3.6)"),
+        "{}",
+        stderr(&out)
+    );
     let mut c = strata(&lab.cache);
     c.args(["inspect", IMAGE, "-o"]).arg(&lab.store);
     let text = stdout(&ok(c));
@@ -264,7 +279,10 @@ fn smoke_checks_the_running_container_records_it_and_inspect_shows_it() {
     let rep = json(&ok_bounded(c));
     assert_eq!(rep["smoke"]["checks"]["hadoop"], "absent", "{rep:#}");
     assert!(
-        rep["notes"][0].as_str().unwrap().contains("LABEL=hadoop-dist"),
+        rep["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("LABEL=hadoop-dist"),
         "{rep:#}"
     );
     assert!(engine.strata_containers().is_empty());
@@ -278,11 +296,21 @@ fn a_detached_node_runs_on_the_host_network_with_the_release_volume() {
     let releases = tempfile::tempdir().unwrap();
     fake_release(releases.path(), "3.3.6", "3.3.6");
     let mut c = engine.strata(&lab.cache, &lab.store);
-    c.args(["run", IMAGE, "--json", "--name", "strata-test-node", "--dist"])
-        .arg(releases.path())
-        .args(["-e", "STRATA_ROLES=none-here"]);
+    c.args([
+        "run",
+        IMAGE,
+        "--json",
+        "--name",
+        "strata-test-node",
+        "--dist",
+    ])
+    .arg(releases.path())
+    .args(["-e", "STRATA_ROLES=none-here"]);
     let rep = json(&ok_bounded(c));
-    let id = rep["container"].as_str().expect("a container id").to_string();
+    let id = rep["container"]
+        .as_str()
+        .expect("a container id")
+        .to_string();
     let out = engine.docker(&["container", "inspect", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     let ci: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -292,7 +320,10 @@ fn a_detached_node_runs_on_the_host_network_with_the_release_volume() {
     let m = &ci["Mounts"][0];
     assert_eq!(m["Destination"], "/srv/hadoop-dist");
     assert_eq!(m["RW"], false);
-    assert_eq!(m["Source"], releases.path().canonicalize().unwrap().to_str().unwrap());
+    assert_eq!(
+        m["Source"],
+        releases.path().canonicalize().unwrap().to_str().unwrap()
+    );
     assert!(
         ci["Config"]["Env"]
             .as_array()
@@ -322,7 +353,10 @@ fn an_image_taking_its_key_at_boot_gets_the_key_mounted_and_installed() {
         .as_array()
         .unwrap()
         .iter()
-        .find_map(|m| m.as_str().filter(|m| m.contains("/run/secrets/strata-ssh-key")))
+        .find_map(|m| {
+            m.as_str()
+                .filter(|m| m.contains("/run/secrets/strata-ssh-key"))
+        })
         .expect("the key is mounted");
     assert!(mount.ends_with("(ro)"), "{mount}");
     // The key itself never appears in the report.
@@ -331,11 +365,38 @@ fn an_image_taking_its_key_at_boot_gets_the_key_mounted_and_installed() {
     assert!(!rep.to_string().contains(body));
     // It is not in the image: a container without the mount has no private key.
     let out = engine.docker(&[
-        "run", "--rm", "--network", "none", PUBLIC, "sh", "-c",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        PUBLIC,
+        "sh",
+        "-c",
         "ls /home/hadoop/.ssh/; test ! -e /home/hadoop/.ssh/id_ed25519",
     ]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     engine.remove_images(&[PUBLIC]);
+}
+
+#[test]
+fn docker_host_over_tcp_is_honoured() {
+    let Some(engine) = Engine::shared() else {
+        return;
+    };
+    let (p, out) = tiny_store(|s| s);
+    engine.remove_images(&["tiny:3.3.6"]);
+    let mut c = engine.strata(&p.root().join("cache"), &out);
+    c.env("DOCKER_HOST", &engine.tcp_host)
+        .args(["load", "tiny:3.3.6", "--json"]);
+    let rep = json(&ok_bounded(c));
+    assert!(
+        rep["engine"].as_str().unwrap().ends_with(&engine.tcp_host),
+        "{rep:#}"
+    );
+    let config = manifest(&out, "tiny:3.3.6")["config"]["digest"].clone();
+    // Seen through the unix socket: the same engine.
+    assert_eq!(engine.image("tiny:3.3.6").expect("loaded")["Id"], config);
+    engine.remove_images(&["tiny:3.3.6"]);
 }
 
 // ---------------------------------------------------------------------------------- bad input
@@ -361,7 +422,10 @@ fn no_engine_is_a_clear_error_naming_docker_host_without_hanging() {
         "tcp://127.0.0.1:1".to_string(),
     ];
     for host in hosts {
-        for args in [&["load", "tiny:3.3.6"][..], &["run", "tiny:3.3.6", "--", "true"]] {
+        for args in [
+            &["load", "tiny:3.3.6"][..],
+            &["run", "tiny:3.3.6", "--", "true"],
+        ] {
             let mut c = strata(&p.root().join("cache"));
             c.env("DOCKER_HOST", &host).arg("-o").arg(&out).args(args);
             let start = Instant::now();
@@ -401,7 +465,11 @@ fn an_image_not_in_the_store_is_exit_2_with_the_nearest_name() {
             .args(args);
         let o = run(c);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains("Did you mean tiny:3.3.6?"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("Did you mean tiny:3.3.6?"),
+            "{}",
+            stderr(&o)
+        );
     }
     let mut c = strata(&p.root().join("cache"));
     c.args(["load", "-o"]).arg(&out);

@@ -106,7 +106,9 @@ fn parse_size(s: &str) -> Result<Size, String> {
 fn parse_env(s: &str) -> Result<String, String> {
     match s.split_once('=') {
         Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
-        _ => Err(format!("{s:?}: expected KEY=VALUE, e.g. STRATA_ROLES=namenode")),
+        _ => Err(format!(
+            "{s:?}: expected KEY=VALUE, e.g. STRATA_ROLES=namenode"
+        )),
     }
 }
 

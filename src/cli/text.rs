@@ -345,10 +345,18 @@ pub fn inspect(i: &Inspection) -> String {
             } else {
                 format!("FAILED ({})", sm.problems.join("; "))
             };
-            let _ = writeln!(s, "\nSmoke test in a container: {verdict}  ({}, {})", sm.time, sm.engine);
+            let _ = writeln!(
+                s,
+                "\nSmoke test in a container: {verdict}  ({}, {})",
+                sm.time, sm.engine
+            );
         }
         None => {
-            let _ = writeln!(s, "\nSmoke test in a container: not run on this build (strata run {} --smoke)", i.name);
+            let _ = writeln!(
+                s,
+                "\nSmoke test in a container: not run on this build (strata run {} --smoke)",
+                i.name
+            );
         }
     }
     if !i.publications.is_empty() {

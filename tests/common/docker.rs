@@ -20,6 +20,8 @@ pub struct Engine {
     pub state: PathBuf,
     /// `unix://…/docker.sock`
     pub host: String,
+    /// `tcp://127.0.0.1:PORT`, the same engine over plain HTTP on loopback.
+    pub tcp_host: String,
     /// An empty directory: strata's PATH, so it cannot shell out to docker.
     no_tools: tempfile::TempDir,
 }
@@ -85,6 +87,7 @@ impl Engine {
                 let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
                 Some(Engine {
                     host: doc["host"].as_str().unwrap().to_string(),
+                    tcp_host: doc["tcp_host"].as_str().unwrap().to_string(),
                     state,
                     no_tools: tempfile::tempdir().unwrap(),
                 })

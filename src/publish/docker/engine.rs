@@ -21,8 +21,9 @@ use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    ImportImageOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ImportImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -73,6 +74,13 @@ impl Engine {
             return Err(BadInput(format!(
                 "DOCKER_HOST={host:?}: strata speaks to unix:///path/docker.sock, tcp://HOST:PORT \
                  or http://HOST:PORT (TLS and ssh:// are not supported)"
+            ))
+            .into());
+        }
+        if std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty()) {
+            return Err(BadInput(format!(
+                "DOCKER_TLS_VERIFY is set for {host}: strata does not speak TLS to the engine; \
+                 use its unix socket, or an SSH tunnel to it"
             ))
             .into());
         }
@@ -129,7 +137,8 @@ impl Engine {
             let mut stream = docker.import_image_stream(opts, body, None);
             let mut loaded = Vec::new();
             while let Some(item) = stream.next().await {
-                let info = item.map_err(|e| anyhow!("the engine refused the load: {}", reason(&e)))?;
+                let info =
+                    item.map_err(|e| anyhow!("the engine refused the load: {}", reason(&e)))?;
                 if let Some(e) = info.error_detail.and_then(|d| d.message) {
                     return Err(anyhow!("the engine refused the load: {e}"));
                 }
@@ -239,7 +248,13 @@ impl Engine {
             match r {
                 Ok(r) => code = Some(r.status_code),
                 Err(BollardError::DockerContainerWaitError { code: c, .. }) => code = Some(c),
-                Err(e) => return Err(anyhow!("waiting for container {}: {}", short(id), reason(&e))),
+                Err(e) => {
+                    return Err(anyhow!(
+                        "waiting for container {}: {}",
+                        short(id),
+                        reason(&e)
+                    ));
+                }
             }
         }
         code.ok_or_else(|| anyhow!("the engine gave no exit code for container {}", short(id)))
@@ -295,7 +310,9 @@ impl Engine {
             let mut data = Vec::new();
             while let Some(chunk) = s.next().await {
                 data.extend_from_slice(
-                    &chunk.map_err(|e| anyhow!("copying {path} out of the container: {}", reason(&e)))?,
+                    &chunk.map_err(|e| {
+                        anyhow!("copying {path} out of the container: {}", reason(&e))
+                    })?,
                 );
             }
             Ok(data)

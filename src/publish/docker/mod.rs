@@ -123,7 +123,8 @@ fn load_into(
             let r = archive.write_to(v, &mut w).and_then(|()| w.finish());
             if let Err(e) = &r {
                 // The engine then sees a broken body, not a short valid-looking archive.
-                let _ = w.tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
+                let _ =
+                    w.tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
             }
             r
         });
@@ -188,10 +189,7 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = bytes::Bytes::from(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(CHUNK),
-        ));
+        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         self.tx.blocking_send(Ok(chunk)).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
@@ -369,9 +367,7 @@ fn setup(v: &View, name: &str, desc: &Descriptor, opts: &RunOptions) -> Result<S
         notes: vec![],
     };
     let settings = v.record.settings_of(name);
-    let version = v
-        .image_record(name)
-        .and_then(|r| r.hadoop_version.clone());
+    let version = v.image_record(name).and_then(|r| r.hadoop_version.clone());
     let mount_source = settings.and_then(|s| match s.dist.as_ref().map(|d| &d.mode) {
         Some(DistMode::Mount { source }) => Some(source.clone()),
         _ => None,
@@ -409,10 +405,11 @@ fn setup(v: &View, name: &str, desc: &Descriptor, opts: &RunOptions) -> Result<S
             .as_ref()
             .and_then(|l| l.get(crate::oci::image::LABEL_KEY_FINGERPRINT))
             .cloned()
-            .with_context(|| format!("{name} takes its key at boot but has no fingerprint label"))?;
+            .with_context(|| {
+                format!("{name} takes its key at boot but has no fingerprint label")
+            })?;
         let from_recipe = settings.and_then(|s| s.ssh.key.clone());
-        let key =
-            crate::source::keys::for_image(r.recipe(), from_recipe.as_deref(), &fingerprint)?;
+        let key = crate::source::keys::for_image(r.recipe(), from_recipe.as_deref(), &fingerprint)?;
         let secret = crate::source::keys::SECRET_FILE;
         s.described.push(format!(
             "the cluster key {} ({fingerprint}) → {secret} (ro)",
@@ -425,7 +422,9 @@ fn setup(v: &View, name: &str, desc: &Descriptor, opts: &RunOptions) -> Result<S
 
 /// The release volume from the recipe's `[dist] source`, without `--dist`.
 fn dist_from_source(s: &mut Setup, source: &str, version: Option<&str>) {
-    let what = version.map(|v| format!("hadoop-{v}")).unwrap_or("the release".into());
+    let what = version
+        .map(|v| format!("hadoop-{v}"))
+        .unwrap_or("the release".into());
     if let Some(label) = source.strip_prefix("LABEL=") {
         match mounted_label(label) {
             Some(dir) => {

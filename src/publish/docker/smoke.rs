@@ -114,7 +114,9 @@ pub fn smoke(
     let checks = result.with_context(|| format!("smoke test in container {}", short(&id)))?;
     let problems: Vec<String> = checks
         .iter()
-        .filter(|(k, v)| !(v.as_str() == "ok" || (k.as_str() == "hadoop" && v.as_str() == "absent")))
+        .filter(|(k, v)| {
+            !(v.as_str() == "ok" || (k.as_str() == "hadoop" && v.as_str() == "absent"))
+        })
         .map(|(k, v)| format!("{k}: {v}"))
         .collect();
     let passed = problems.is_empty();
@@ -195,7 +197,13 @@ fn read_checks(
         (Some(h), Some(v)) if h == v => "ok".to_string(),
         (Some(h), _) if h == "absent" => h,
         (Some(h), Some(v)) => format!("{h} (want {v})"),
-        (Some(h), None) => if h == "failed" { h } else { "ok".into() },
+        (Some(h), None) => {
+            if h == "failed" {
+                h
+            } else {
+                "ok".into()
+            }
+        }
         (None, _) => "not checked".into(),
     };
     c.insert("hadoop".into(), hadoop);
@@ -226,7 +234,10 @@ fn check_xml(tar_bytes: &[u8]) -> Result<String> {
     let mut ar = tar::Archive::new(tar_bytes);
     let mut bad = vec![];
     let mut seen = vec![];
-    for e in ar.entries().context("reading the configs copied out of the container")? {
+    for e in ar
+        .entries()
+        .context("reading the configs copied out of the container")?
+    {
         let mut e = e?;
         let path = e.path()?.to_string_lossy().into_owned();
         if !path.ends_with(".xml") || !e.header().entry_type().is_file() {
@@ -287,6 +298,9 @@ mod tests {
         }
         let t = b.into_inner().unwrap();
         let r = check_xml(&t).unwrap();
-        assert!(r.contains("yarn-site.xml") && !r.contains("core-site"), "{r}");
+        assert!(
+            r.contains("yarn-site.xml") && !r.contains("core-site"),
+            "{r}"
+        );
     }
 }

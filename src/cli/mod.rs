@@ -31,6 +31,8 @@ Quick start:
   strata verify                     re-hash every blob, check every manifest
   strata disk hadoop-lab:3.3.6 --boot-test
   strata publish hadoop-lab:3.3.6 --cloud lab     upload its disk to Glance, verified
+  strata load hadoop-lab:3.3.6      into the local Docker engine (DOCKER_HOST)
+  strata run hadoop-lab:3.3.6 -- java -version    a command in it, on the host network
 
 Environment:
   SOURCE_DATE_EPOCH  overrides the recipe's `epoch`: timestamps in layers, configs and the
@@ -39,6 +41,7 @@ Environment:
   STRATA_SSH_KEY     the cluster's SSH private key (default: generated once under
                      ~/.local/share/strata/cluster-keys/<recipe>/)
   CI                 plain progress lines instead of bars
+  DOCKER_HOST        the Docker engine for load and run (default unix:///var/run/docker.sock)
   OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_AUTH_URL, OS_*   the cloud for publish (as openstack's)
 
 Exit codes: 0 ok, 1 failure (a tool, the network, the disk), 2 bad input (recipe, arguments,
@@ -375,6 +378,7 @@ Exit codes: 0 loaded, 1 no engine, the engine refused the archive, a timeout, 2 
 the store, a zstd image for an engine older than 23.";
 
 const RUN_HELP: &str = "\
+Examples:
   strata run hadoop-lab:3.3.6 -- java -version        run a command, pass its exit code on
   strata run hadoop-lab:3.3.6 --dist /srv/releases -e STRATA_ROLES=namenode,datanode
                                                       a lab node, detached

@@ -737,6 +737,20 @@ mod tests {
             &["verify"],
             &["gc", "--dry-run"],
             &["export", "a", "--oci-archive", "x.tar"],
+            &["load", "hadoop-lab:3.3.6", "--timeout", "900"],
+            &["load", "--all"],
+            &["run", "x", "--", "sh", "-c", "exit 3"],
+            &[
+                "run",
+                "x",
+                "--dist",
+                "/srv",
+                "-e",
+                "STRATA_ROLES=namenode",
+                "--name",
+                "n1",
+            ],
+            &["run", "x", "--smoke", "--json"],
         ] {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
@@ -753,6 +767,10 @@ mod tests {
             &["build", "--layer-budget", "base"],
             &["plan", "--min-shared", "1.5"],
             &["export", "a"],
+            &["load", "a", "--all"],
+            &["run", "x", "-e", "NOVALUE"],
+            &["run", "x", "--smoke", "--", "true"],
+            &["run", "x", "--name", "n", "--", "true"],
             &["frobnicate"],
         ] {
             let e = parse(args).expect_err(&format!("{args:?} must be refused"));

@@ -27,6 +27,7 @@ use bollard::query_parameters::{
 };
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::support::error::BadInput;
 
@@ -229,14 +230,28 @@ impl Engine {
                 .start_container(id, None)
                 .await
                 .map_err(|e| anyhow!("starting container {}: {}", short(id), reason(&e)))?;
-            while let Some(chunk) = attached.output.next().await {
-                copy_output(
-                    chunk.map_err(|e| anyhow!("reading the container's output: {e}"))?,
-                    out,
-                    err,
-                )?;
+            let run = async {
+                while let Some(chunk) = attached.output.next().await {
+                    copy_output(
+                        chunk.map_err(|e| anyhow!("reading the container's output: {e}"))?,
+                        out,
+                        err,
+                    )?;
+                }
+                self.wait(id).await
+            };
+            // Ctrl-C or a TERM: the caller still removes the container (`--rm` semantics).
+            let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+            let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+            let stop = async {
+                futures_util::future::select(Box::pin(int.recv()), Box::pin(term.recv())).await;
+            };
+            match futures_util::future::select(Box::pin(run), Box::pin(stop)).await {
+                futures_util::future::Either::Left((r, _)) => r,
+                futures_util::future::Either::Right(_) => {
+                    Err(anyhow!("interrupted: container {} is removed", short(id)))
+                }
             }
-            self.wait(id).await
         })
     }
 

@@ -132,8 +132,17 @@ fn load_into(
         let produced = producer
             .join()
             .map_err(|_| anyhow::anyhow!("the archive writer panicked"))?;
-        // The writer's own error says more than the engine's view of a cut body.
-        produced.context("streaming the archive to the engine")?;
+        // A writer that failed on its own (a blob it could not read) says more than the
+        // engine's view of a cut body; a writer cut off by the engine says less than the engine.
+        if let Err(e) = produced {
+            let cut_off = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if !cut_off || loaded.is_ok() {
+                return Err(e.context("streaming the archive to the engine"));
+            }
+        }
         loaded.with_context(|| {
             format!(
                 "loading into {} (timeout {}s; --timeout SECS for more)",

@@ -536,5 +536,8 @@ fn an_archive_the_engine_refuses_fails_with_the_engines_message() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("the engine refused the load: "), "{e}");
+    // Debian's Docker 20.10 says so in its own words.
+    assert!(e.contains("Error processing tar file"), "{e}");
+    assert!(!e.contains("timeout"), "{e}");
     assert!(engine.image("tiny:3.3.6").is_none());
 }

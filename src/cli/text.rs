@@ -341,7 +341,10 @@ pub fn inspect(i: &Inspection) -> String {
     match &i.smoke {
         Some(sm) => {
             let verdict = if sm.passed {
-                "passed".to_string()
+                match sm.checks.get("hadoop").map(String::as_str) {
+                    Some("absent") => "passed (Hadoop was not in the container)".to_string(),
+                    _ => "passed".to_string(),
+                }
             } else {
                 format!("FAILED ({})", sm.problems.join("; "))
             };

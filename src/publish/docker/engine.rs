@@ -138,8 +138,13 @@ impl Engine {
             let mut stream = docker.import_image_stream(opts, body, None);
             let mut loaded = Vec::new();
             while let Some(item) = stream.next().await {
-                let info =
-                    item.map_err(|e| anyhow!("the engine refused the load: {}", reason(&e)))?;
+                let info = item.map_err(|e| match e {
+                    BollardError::RequestTimeoutError => anyhow!(
+                        "the engine did not take the archive within {}s (--timeout SECS for more)",
+                        timeout.as_secs()
+                    ),
+                    e => anyhow!("the engine refused the load: {}", reason(&e)),
+                })?;
                 if let Some(e) = info.error_detail.and_then(|d| d.message) {
                     return Err(anyhow!("the engine refused the load: {e}"));
                 }
@@ -372,6 +377,7 @@ fn reason(e: &BollardError) -> String {
             message,
         } => format!("{message} (HTTP {status_code})"),
         BollardError::RequestTimeoutError => "no answer within the timeout".into(),
+        BollardError::DockerStreamError { error } => error.clone(),
         other => {
             let mut s = other.to_string();
             let mut src = std::error::Error::source(other);

@@ -143,13 +143,7 @@ fn load_into(
                 return Err(e.context("streaming the archive to the engine"));
             }
         }
-        loaded.with_context(|| {
-            format!(
-                "loading into {} (timeout {}s; --timeout SECS for more)",
-                engine.describe(),
-                timeout.as_secs()
-            )
-        })
+        loaded.with_context(|| format!("loading into {}", engine.describe()))
     })?;
     let mut images = vec![];
     for (name, d) in &archive.images {

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::docker::Engine;
+use common::proxy::{Fault, Proxy, Rule};
 use common::*;
 use serde_json::Value;
 
@@ -397,6 +398,57 @@ fn docker_host_over_tcp_is_honoured() {
     // Seen through the unix socket: the same engine.
     assert_eq!(engine.image("tiny:3.3.6").expect("loaded")["Id"], config);
     engine.remove_images(&["tiny:3.3.6"]);
+}
+
+#[test]
+fn a_stalled_or_cut_load_fails_clearly_within_its_timeout() {
+    let Some(engine) = Engine::shared() else {
+        return;
+    };
+    let (p, out) = tiny_store(|s| s);
+    engine.remove_images(&["tiny:3.3.6"]);
+    // Faults a real engine will not produce on demand, from the proxy in front of it.
+    let upstream = engine
+        .tcp_host
+        .trim_start_matches("tcp://")
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(upstream);
+    let host = format!("tcp://{}", proxy.addr());
+    proxy.add(Rule::new(
+        "POST",
+        "/images/load",
+        Fault::StallFor(Duration::from_secs(120)),
+    ));
+    let mut c = engine.strata(&p.root().join("cache"), &out);
+    c.env("DOCKER_HOST", &host)
+        .args(["load", "tiny:3.3.6", "--timeout", "3"]);
+    let start = Instant::now();
+    let o = run_bounded(c);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("did not take the archive within 3s (--timeout SECS for more)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(start.elapsed() < Duration::from_secs(60));
+    proxy.clear();
+    proxy.add(Rule::new(
+        "POST",
+        "/images/load",
+        Fault::CutAfterRequestBytes(4096),
+    ));
+    let mut c = engine.strata(&p.root().join("cache"), &out);
+    c.env("DOCKER_HOST", &host).args(["load", "tiny:3.3.6"]);
+    let o = run_bounded(c);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the connection to the engine failed during the load"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(proxy.faults_applied(), 2);
+    assert!(engine.image("tiny:3.3.6").is_none());
 }
 
 // ---------------------------------------------------------------------------------- bad input

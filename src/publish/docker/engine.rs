@@ -143,7 +143,14 @@ impl Engine {
                         "the engine did not take the archive within {}s (--timeout SECS for more)",
                         timeout.as_secs()
                     ),
-                    e => anyhow!("the engine refused the load: {}", reason(&e)),
+                    e @ (BollardError::DockerStreamError { .. }
+                    | BollardError::DockerResponseServerError { .. }) => {
+                        anyhow!("the engine refused the load: {}", reason(&e))
+                    }
+                    e => anyhow!(
+                        "the connection to the engine failed during the load: {}",
+                        reason(&e)
+                    ),
                 })?;
                 if let Some(e) = info.error_detail.and_then(|d| d.message) {
                     return Err(anyhow!("the engine refused the load: {e}"));

@@ -49,6 +49,12 @@ pub struct Engine {
 
 /// What to do when no engine answers.
 fn no_engine(host: &str, why: &str) -> anyhow::Error {
+    if why.contains("ermission denied") {
+        return anyhow!(
+            "the Docker engine at {host} refuses this user ({why}): run as root, or join the \
+             docker group (`sudo usermod -aG docker $USER`, then log in again)"
+        );
+    }
     let from = if std::env::var_os("DOCKER_HOST").is_some() {
         "DOCKER_HOST"
     } else {

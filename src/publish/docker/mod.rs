@@ -65,7 +65,8 @@ pub struct LoadReport {
 #[serde(rename_all = "kebab-case")]
 pub struct LoadedImage {
     pub image: String,
-    /// The engine's image id: the config digest.
+    /// The engine's image id: the config digest (the manifest digest on an engine with the
+    /// containerd image store).
     pub id: String,
     pub manifest: String,
 }
@@ -149,7 +150,7 @@ fn load_into(
     for (name, d) in &archive.images {
         let config = v.manifest(d)?.config().digest().to_string();
         let id = engine.image_id(name)?.unwrap_or_default();
-        if id != config {
+        if !is_this_build(&id, &config, &d.digest().to_string()) {
             anyhow::bail!(
                 "after the load the engine's {name} is {} and not {config} (engine said: {})",
                 if id.is_empty() { "absent" } else { &id },
@@ -170,6 +171,12 @@ fn load_into(
         bytes,
         seconds,
     })
+}
+
+/// Whether the engine's image id is this build's: the config digest (Docker's classic image
+/// store) or the manifest digest (the containerd image store of newer engines).
+fn is_this_build(id: &str, config: &str, manifest: &str) -> bool {
+    id == config || id == manifest
 }
 
 /// A `Write` that sends 1 MiB chunks into the request body's channel.
@@ -283,7 +290,8 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Resul
     let setup = setup(&v, &name, &desc, opts)?;
     let engine = Engine::connect()?;
     let config = v.manifest(&desc)?.config().digest().to_string();
-    let loaded = if engine.image_id(&name)?.as_deref() != Some(config.as_str()) {
+    let id = engine.image_id(&name)?.unwrap_or_default();
+    let loaded = if !is_this_build(&id, &config, &desc.digest().to_string()) {
         let archive = Archive::plan(&v, std::slice::from_ref(&name))?;
         load_into(&engine, &v, &archive, opts.load_timeout, &progress)?;
         true
@@ -484,5 +492,81 @@ fn bind(host: &Path, target: &str) -> Mount {
         typ: Some(MountType::BIND),
         read_only: Some(true),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> Setup {
+        Setup {
+            mounts: vec![],
+            described: vec![],
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn an_nfs_source_becomes_a_read_only_nfs_volume() {
+        let mut s = empty();
+        dist_from_source(&mut s, "nfs.lab:/export/hadoop", Some("3.3.6"));
+        let m = &s.mounts[0];
+        assert_eq!(m.target.as_deref(), Some(DIST_MOUNT));
+        assert_eq!(m.typ, Some(MountType::VOLUME));
+        assert_eq!(m.read_only, Some(true));
+        let o = m
+            .volume_options
+            .as_ref()
+            .and_then(|v| v.driver_config.as_ref())
+            .and_then(|d| d.options.as_ref())
+            .unwrap();
+        assert_eq!(o["type"], "nfs");
+        assert_eq!(o["device"], ":/export/hadoop");
+        assert!(o["o"].starts_with("addr=nfs.lab,ro"), "{o:?}");
+        assert!(s.notes.is_empty());
+    }
+
+    #[test]
+    fn a_label_not_mounted_here_is_a_note_not_a_failure() {
+        let mut s = empty();
+        dist_from_source(&mut s, "LABEL=no-such-label-here", Some("3.3.6"));
+        assert!(s.mounts.is_empty());
+        assert!(
+            s.notes[0].contains("LABEL=no-such-label-here") && s.notes[0].contains("--dist"),
+            "{:?}",
+            s.notes
+        );
+    }
+
+    #[test]
+    fn the_load_timeout_grows_with_the_image() {
+        assert_eq!(default_load_timeout(0).as_secs(), 300);
+        assert_eq!(default_load_timeout(1 << 30).as_secs(), 300 + 1024);
+    }
+
+    #[test]
+    fn a_build_is_known_by_its_config_or_its_manifest() {
+        assert!(is_this_build("sha256:c", "sha256:c", "sha256:m"));
+        assert!(is_this_build("sha256:m", "sha256:c", "sha256:m"));
+        assert!(!is_this_build("", "sha256:c", "sha256:m"));
+        assert!(!is_this_build("sha256:old", "sha256:c", "sha256:m"));
+    }
+
+    #[test]
+    fn the_channel_writer_sends_everything_in_order_in_bounded_chunks() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let data: Vec<u8> = (0..(3 * CHUNK + 17)).map(|i| (i % 251) as u8).collect();
+        let mut w = ChannelWriter::new(tx);
+        w.write_all(&data).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        while let Ok(chunk) = rx.try_recv() {
+            let chunk = chunk.unwrap();
+            assert!(chunk.len() <= CHUNK);
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, data);
     }
 }

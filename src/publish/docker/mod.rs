@@ -150,7 +150,7 @@ fn load_into(
     for (name, d) in &archive.images {
         let config = v.manifest(d)?.config().digest().to_string();
         let id = engine.image_id(name)?.unwrap_or_default();
-        if !is_this_build(&id, &config, &d.digest().to_string()) {
+        if !is_this_build(&id, &config, d.digest().as_ref()) {
             anyhow::bail!(
                 "after the load the engine's {name} is {} and not {config} (engine said: {})",
                 if id.is_empty() { "absent" } else { &id },
@@ -291,7 +291,7 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Resul
     let engine = Engine::connect()?;
     let config = v.manifest(&desc)?.config().digest().to_string();
     let id = engine.image_id(&name)?.unwrap_or_default();
-    let loaded = if !is_this_build(&id, &config, &desc.digest().to_string()) {
+    let loaded = if !is_this_build(&id, &config, desc.digest().as_ref()) {
         let archive = Archive::plan(&v, std::slice::from_ref(&name))?;
         load_into(&engine, &v, &archive, opts.load_timeout, &progress)?;
         true

@@ -111,7 +111,7 @@ fn load_into(
             crate::support::units::human(bytes),
             engine.describe()
         ),
-        None,
+        Some(bytes),
     );
     let start = Instant::now();
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
@@ -119,9 +119,11 @@ fn load_into(
         rx.recv().await.map(|item| (item, rx))
     });
     let loaded = std::thread::scope(|s| {
+        let task = &task;
         let producer = s.spawn(move || {
-            let mut w = ChannelWriter::new(tx);
+            let mut w = ChannelWriter::new(tx, Some(task));
             let r = archive.write_to(v, &mut w).and_then(|()| w.finish());
+            task.detail("sent; the engine is unpacking it");
             if let Err(e) = &r {
                 // The engine then sees a broken body, not a short valid-looking archive.
                 let _ =
@@ -179,25 +181,33 @@ fn is_this_build(id: &str, config: &str, manifest: &str) -> bool {
     id == config || id == manifest
 }
 
-/// A `Write` that sends 1 MiB chunks into the request body's channel.
-struct ChannelWriter {
+/// A `Write` that sends 1 MiB chunks into the request body's channel (counted on `task`).
+struct ChannelWriter<'a> {
     tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
     buf: Vec<u8>,
+    task: Option<&'a crate::support::progress::Task>,
 }
 
 const CHUNK: usize = 1 << 20;
 
-impl ChannelWriter {
-    fn new(tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>) -> Self {
+impl<'a> ChannelWriter<'a> {
+    fn new(
+        tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+        task: Option<&'a crate::support::progress::Task>,
+    ) -> Self {
         ChannelWriter {
             tx,
             buf: Vec::with_capacity(CHUNK),
+            task,
         }
     }
 
     fn send(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
+        }
+        if let Some(t) = self.task {
+            t.inc(self.buf.len() as u64);
         }
         let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         self.tx.blocking_send(Ok(chunk)).map_err(|_| {
@@ -214,7 +224,7 @@ impl ChannelWriter {
     }
 }
 
-impl Write for ChannelWriter {
+impl Write for ChannelWriter<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let n = data.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
@@ -557,7 +567,7 @@ mod tests {
     fn the_channel_writer_sends_everything_in_order_in_bounded_chunks() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let data: Vec<u8> = (0..(3 * CHUNK + 17)).map(|i| (i % 251) as u8).collect();
-        let mut w = ChannelWriter::new(tx);
+        let mut w = ChannelWriter::new(tx, None);
         w.write_all(&data).unwrap();
         w.finish().unwrap();
         drop(w);

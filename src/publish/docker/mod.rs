@@ -1,7 +1,7 @@
 //! # Docker: load a store's images into the local engine, run them
 //!
 //! `strata load IMAGE…` streams the images into the engine `DOCKER_HOST` names, as the archive
-//! `strata export` writes ([`crate::oci::archive`]: OCI layout + Docker's `manifest.json`,
+//! `strata export` writes (`oci::archive`: OCI layout + Docker's `manifest.json`,
 //! which Docker 20.10 reads). The tar is produced by a thread into the request body: no temp
 //! file, nothing read into memory. The engine's progress stream is read to its end and an
 //! error item in it fails the load. zstd layers need Docker 23+: on an older engine strata

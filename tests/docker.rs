@@ -144,12 +144,24 @@ fn load_puts_the_image_under_its_name_with_the_stores_layers_and_docker_runs_it(
     assert!(text.contains("v=3.3.6\nhadoop\n"), "{text}");
     assert!(text.contains("openjdk version \"11."), "{text}");
 
-    // Loading again replaces nothing: same id.
+    // --all: every image of the store (the one already there included), each under its name.
     let mut c = engine.strata(&lab.cache, &lab.store);
-    c.args(["load", "3.3.6", "--json"]);
+    c.args(["load", "--all", "--json"]);
     let rep = json(&ok_bounded(c));
-    assert_eq!(rep["images"][0]["id"], lab.config_digest.as_str());
-    engine.remove_images(&[IMAGE]);
+    let digests = index_digests(&lab.store);
+    let loaded = rep["images"].as_array().unwrap();
+    assert_eq!(loaded.len(), digests.len(), "{rep:#}");
+    for i in loaded {
+        let name = i["image"].as_str().unwrap();
+        let config = blob_json(&lab.store, &digests[name])["config"]["digest"].clone();
+        let img = engine
+            .image(name)
+            .unwrap_or_else(|| panic!("{name} not in the engine"));
+        assert_eq!(img["Id"], config, "{name}");
+        assert_eq!(i["id"], config, "{name}");
+    }
+    let names: Vec<&str> = digests.keys().map(String::as_str).collect();
+    engine.remove_images(&names);
 }
 
 #[test]

@@ -293,7 +293,7 @@ impl Engine {
         code.ok_or_else(|| anyhow!("the engine gave no exit code for container {}", short(id)))
     }
 
-    /// Runs `cmd` in a running container (as root) and returns its exit code and output
+    /// Runs `cmd` in a running container as root and returns its exit code and output
     /// (stdout and stderr together).
     pub fn exec(&self, id: &str, cmd: Vec<String>) -> Result<(i64, String)> {
         self.rt.block_on(async {
@@ -303,6 +303,8 @@ impl Engine {
                     id,
                     CreateExecOptions {
                         cmd: Some(cmd),
+                        // The checks need root (su to the user), whatever the image's user is.
+                        user: Some("root".into()),
                         attach_stdout: Some(true),
                         attach_stderr: Some(true),
                         ..Default::default()

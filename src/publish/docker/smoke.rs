@@ -32,7 +32,9 @@ use crate::support::progress::Progress;
 
 /// How long the container may take to boot before the checks.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-const READY: &str = "/run/strata-smoke-ready";
+/// Written by the idle command once the boot scripts ran (in /tmp: the image's user may not
+/// be root).
+const READY: &str = "/tmp/.strata-smoke-ready";
 
 /// `--smoke` found a problem: exit 1, with the report.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +108,8 @@ pub fn smoke(
             .find_map(|l| l.strip_prefix("conf-dir="))
             .unwrap_or("/etc/hadoop")
             .to_string();
-        let xml = engine.download(&id, &conf_dir)?;
+        // `DIR/.`: the directory's contents even when DIR is a symlink (as `docker cp` does).
+        let xml = engine.download(&id, &format!("{}/.", conf_dir.trim_end_matches('/')))?;
         checks.insert("configs".into(), check_xml(&xml)?);
         Ok::<_, anyhow::Error>(checks)
     })();

@@ -14,7 +14,7 @@
 //!  ├─▶ report/   sizes, sharing, budgets; text, JSON, HTML page            │ each other
 //!  ├─▶ disk/     flatten → ext4/GPT/UKI/GRUB → qcow2; boot test            │
 //!  └─▶ publish/  clouds.yaml + Keystone, Glance upload/verify/rotate,     ┘
-//!        │        preflight (push/pull and Docker go beside it)
+//!        │        preflight, docker (load, run, smoke: bollard)  (push/pull go beside it)
 //!        ▼
 //! source/     where a layer's entries come from: base and JDK root filesystems (mmdebstrap,
 //!             tarballs), downloads, directory templates, accounts, the cluster key
@@ -22,7 +22,8 @@
 //! cache/      layer records and blobs by input key; base root filesystems; downloads
 //!        ▼
 //! oci/        the store (an OCI image layout), image documents, the typed store record, a
-//!             read-only view of the images     (a registry client goes beside it, same band)
+//!             read-only view of the images, image archives (OCI + Docker's manifest.json),
+//!             smoke records                    (a registry client goes beside it, same band)
 //!        ▼
 //! recipe/     raw TOML → validated model; the Hadoop catalogue
 //!        ▼

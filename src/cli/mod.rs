@@ -31,6 +31,8 @@ Quick start:
   strata verify [--repair]          re-hash every blob, check every manifest (restore damage)
   strata disk hadoop-lab:3.3.6 --boot-test
   strata publish hadoop-lab:3.3.6 --cloud lab     upload its disk to Glance, verified
+  strata load hadoop-lab:3.3.6      into the local Docker engine (DOCKER_HOST)
+  strata run hadoop-lab:3.3.6 -- java -version    a command in it, on the host network
 
 Environment:
   SOURCE_DATE_EPOCH  overrides the recipe's `epoch`: timestamps in layers, configs and the
@@ -39,6 +41,7 @@ Environment:
   STRATA_SSH_KEY     the cluster's SSH private key (default: generated once under
                      ~/.local/share/strata/cluster-keys/<recipe>/)
   CI                 plain progress lines instead of bars
+  DOCKER_HOST        the Docker engine for load and run (default unix:///var/run/docker.sock)
   OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_AUTH_URL, OS_*   the cloud for publish (as openstack's)
 
 Exit codes: 0 ok, 1 failure (a tool, the network, the disk), 2 bad input (recipe, arguments,
@@ -101,6 +104,15 @@ pub struct PolicyArgs {
 
 fn parse_size(s: &str) -> Result<Size, String> {
     s.parse()
+}
+
+fn parse_env(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err(format!(
+            "{s:?}: expected KEY=VALUE, e.g. STRATA_ROLES=namenode"
+        )),
+    }
 }
 
 fn parse_layer_budget(s: &str) -> Result<(String, Size), String> {
@@ -283,6 +295,46 @@ images)."
         #[arg(long, value_name = "FILE", required = true)]
         oci_archive: PathBuf,
     },
+    /// Load images into the local Docker engine (DOCKER_HOST), streamed, without docker's CLI.
+    #[command(after_help = LOAD_HELP)]
+    Load {
+        /// `recipe:version`, a tag or a manifest digest (repeatable); or --all.
+        images: Vec<String>,
+        /// Every image of the store.
+        #[arg(long, conflicts_with = "images")]
+        all: bool,
+        /// Seconds to wait for the engine to take the archive [default: 300 + 1 per MiB].
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Run an image in the local Docker engine, on the host network, with the recipe's release
+    /// volume and SSH key delivery; or smoke-test it (--smoke).
+    #[command(after_help = RUN_HELP)]
+    Run {
+        /// `recipe:version`, a tag or a manifest digest.
+        image: String,
+        /// The command to run (after `--`); without it the node starts detached with the
+        /// image's own command.
+        #[arg(last = true, value_name = "CMD")]
+        cmd: Vec<String>,
+        /// A directory holding hadoop-X.Y.Z/, mounted read-only at /srv/hadoop-dist (for images
+        /// built with [dist] mode = "mount").
+        #[arg(long, value_name = "DIR")]
+        dist: Option<PathBuf>,
+        /// An environment variable for the container, e.g. STRATA_ROLES=namenode (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<String>,
+        /// The container's name (detached runs).
+        #[arg(long, value_name = "NAME", conflicts_with = "cmd")]
+        name: Option<String>,
+        /// Check the user environment, Java and the configs in a running container, record
+        /// the result against the image's digest (shown by `strata inspect`), remove it.
+        #[arg(long, conflicts_with_all = ["cmd", "name"])]
+        smoke: bool,
+        /// Seconds to wait for the engine to take the archive, when the image must be loaded.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
     /// Before launching: check that an image in Glance, a flavor and the cloud fit together.
     #[command(
         after_help = "Checks, each pass / fail / unknown with what to do: the image in \
@@ -331,6 +383,36 @@ v3applicationcredential, token, or `auth_type: none` with `image_endpoint_overri
 Exit codes: 0 published or already there, 1 failure (network, timeout, a stuck image), 2 bad input
 (unknown cloud, clouds.yaml, an image not built, a key-carrying image made public), 3 Glance's hash
 or size differs from the disk (the image was deleted), 6 the cloud refused (401, 403, quota).";
+
+const LOAD_HELP: &str = "\
+The engine is the one DOCKER_HOST names (unix:///path/docker.sock, tcp://HOST:2375; default
+unix:///var/run/docker.sock); the API version is negotiated (Docker 20.10 speaks 1.41). The
+archive is what `strata export` writes (OCI layout + Docker's manifest.json), streamed into the
+engine without a temp file. Images appear under their names (hadoop-lab:3.3.6); the engine's
+image id is the config digest. zstd-compressed layers need Docker 23 or newer: an older engine is
+refused before anything is sent.
+
+Exit codes: 0 loaded, 1 no engine, the engine refused the archive, a timeout, 2 an image not in
+the store, a zstd image for an engine older than 23.";
+
+const RUN_HELP: &str = "\
+Examples:
+  strata run hadoop-lab:3.3.6 -- java -version        run a command, pass its exit code on
+  strata run hadoop-lab:3.3.6 --dist /srv/releases -e STRATA_ROLES=namenode,datanode
+                                                      a lab node, detached
+  strata run hadoop-lab:3.3.6 --smoke                 check it, record the result
+
+The container runs on the host network. The image is loaded first when the engine lacks this
+build of it. For [dist] mode = \"mount\" images, --dist DIR (holding hadoop-X.Y.Z/) is mounted
+read-only at /srv/hadoop-dist (without it: an NFS source of the recipe as an NFS volume, a LABEL=
+source from where it is mounted on this host, else the node starts without Hadoop). Images built
+with [ssh] deliver = \"boot\" get the cluster key mounted read-only at
+/run/secrets/strata-ssh-key (STRATA_SSH_KEY, or the key the build used); it never enters an image.
+
+With a command: its output is streamed, the container removed, and strata exits with the
+command's exit code. Without: the node starts detached with the image's command (strata-node:
+STRATA_ROLES picks the daemons); strata prints the container id, `docker logs -f ID` follows
+it and `docker rm -f ID` stops it.";
 
 // Only `cli` writes to stdout (the crate's lints refuse `print!` elsewhere).
 #[allow(clippy::print_stdout)]
@@ -476,6 +558,46 @@ fn ensure_disk(cli: &Cli, image: &str) -> Result<crate::oci::disks::DiskRecord> 
         .ok_or_else(|| anyhow::anyhow!("`strata disk {image}` wrote no disk record"))
 }
 
+/// `strata run`: a command's output goes straight to stdout/stderr; the report after it.
+fn run_container(cli: &Cli) -> Result<()> {
+    let Command::Run {
+        image,
+        cmd,
+        dist,
+        env,
+        name,
+        smoke,
+        timeout,
+    } = &cli.command
+    else {
+        unreachable!("run_container() is called for the run command")
+    };
+    let opts = crate::publish::docker::RunOptions {
+        store: cli.output.clone(),
+        image: image.clone(),
+        cmd: cmd.clone(),
+        dist: dist.clone(),
+        env: env.clone(),
+        name: name.clone(),
+        smoke: *smoke,
+        load_timeout: timeout.map(std::time::Duration::from_secs),
+        quiet: cli.quiet,
+    };
+    // With --json a command's output goes to stderr, so stdout holds only the document.
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let out: &mut dyn std::io::Write = if cli.json { &mut err } else { &mut out };
+    let mut err2 = std::io::stderr();
+    match crate::publish::docker::run(&opts, out, &mut err2) {
+        Ok(rep) => show(cli, &rep, text::run),
+        Err(e) => {
+            if let Some(f) = e.downcast_ref::<crate::publish::docker::smoke::SmokeFailed>() {
+                show(cli, &f.0, text::run)?;
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
@@ -584,6 +706,26 @@ pub fn run(cli: Cli) -> Result<()> {
             let rep = inspect::export_oci_archive(&cli.output, images, oci_archive)?;
             show(&cli, &rep, text::export)
         }
+        Command::Load {
+            images,
+            all,
+            timeout,
+        } => {
+            if images.is_empty() && !*all {
+                return Err(crate::support::error::BadInput(
+                    "name the images to load (e.g. hadoop-lab:3.3.6), or pass --all".into(),
+                )
+                .into());
+            }
+            let rep = crate::publish::docker::load(
+                &cli.output,
+                images,
+                timeout.map(std::time::Duration::from_secs),
+                cli.quiet,
+            )?;
+            show(&cli, &rep, text::load)
+        }
+        Command::Run { .. } => run_container(&cli),
         Command::Preflight {
             image,
             cloud,
@@ -658,6 +800,20 @@ mod tests {
             &["verify", "--repair", "recipes/lab.toml", "--cache", "c"],
             &["gc", "--dry-run"],
             &["export", "a", "--oci-archive", "x.tar"],
+            &["load", "hadoop-lab:3.3.6", "--timeout", "900"],
+            &["load", "--all"],
+            &["run", "x", "--", "sh", "-c", "exit 3"],
+            &[
+                "run",
+                "x",
+                "--dist",
+                "/srv",
+                "-e",
+                "STRATA_ROLES=namenode",
+                "--name",
+                "n1",
+            ],
+            &["run", "x", "--smoke", "--json"],
         ] {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
@@ -674,6 +830,10 @@ mod tests {
             &["build", "--layer-budget", "base"],
             &["plan", "--min-shared", "1.5"],
             &["export", "a"],
+            &["load", "a", "--all"],
+            &["run", "x", "-e", "NOVALUE"],
+            &["run", "x", "--smoke", "--", "true"],
+            &["run", "x", "--name", "n", "--", "true"],
             &["frobnicate"],
         ] {
             let e = parse(args).expect_err(&format!("{args:?} must be refused"));

@@ -326,6 +326,7 @@ fn hostile(entries: Spec) -> impl Fn(&Path, &str) {
                 'l' => Raw::Symlink(n, l.as_deref().unwrap()),
                 'h' => Raw::Hardlink(n, l.as_deref().unwrap()),
                 'c' => Raw::Char(n),
+                's' => Raw::Setuid(n, b"x"),
                 _ => Raw::File(n, b"x"),
             })
             .collect();
@@ -377,6 +378,21 @@ fn a_release_tarball_with_a_hard_link_outside() {
             ]
         },
         &["hard link", "refused"],
+    );
+}
+
+/// Issue 10, finding 8: a setuid-root file in a release tarball was baked without a word.
+#[test]
+fn a_release_tarball_with_a_setuid_file() {
+    dist_refused(
+        |v| {
+            vec![
+                (format!("hadoop-{v}/"), None, 'd'),
+                (format!("hadoop-{v}/bin/"), None, 'd'),
+                (format!("hadoop-{v}/bin/container-executor"), None, 's'),
+            ]
+        },
+        &["container-executor", "setuid", "refused"],
     );
 }
 
@@ -464,4 +480,221 @@ fn a_private_key_in_a_layer_of_a_boot_delivery_image_is_refused() {
             "tiny:2.10.2: [ssh] deliver = \"boot\" promises images without a private key, but layer user-env holds one",
         ],
     );
+}
+
+/// A release server that accepts connections and then behaves badly: `Silent` never answers,
+/// `Stalls` sends the headers and half the body, then goes quiet. Counts the connections.
+#[derive(Clone, Copy)]
+enum Misbehaves {
+    Silent,
+    Stalls,
+}
+
+fn misbehaving_server(how: Misbehaves) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) <= 2 {
+                        break;
+                    }
+                }
+                if let Misbehaves::Stalls = how {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n");
+                    let _ = s.write_all(&[0u8; 1_000_000]);
+                }
+                // Hold the connection open, quiet, far longer than strata waits.
+                std::thread::sleep(std::time::Duration::from_secs(600));
+                drop(s);
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// Issue 10, finding 4: a download server that goes quiet fails the build within bounded time
+/// (connect and read timeouts, a few tries), naming the URL; the store is left as it was.
+fn a_quiet_release_server_fails_the_build(how: Misbehaves) {
+    let p = Project::new();
+    let out = p.root().join("out");
+    ok(p.build(&out));
+    let before = snapshot(&out);
+    let (url, seen) = misbehaving_server(how);
+    let srv = p.root().join("pins");
+    std::fs::create_dir_all(&srv).unwrap();
+    let mut pins = String::new();
+    for v in ["2.10.2", "3.3.6"] {
+        let f = srv.join(format!("hadoop-{v}.tar.gz"));
+        good_dist(&f, v);
+        pins.push_str(&format!("\"{v}\" = \"{}\"\n", sha512_hex(&f)));
+    }
+    p.edit_recipe(|s| format!("{s}\n[dist]\nmode = \"bake\"\nurl = \"{url}/hadoop-{{version}}.tar.gz\"\n[dist.sha512]\n{pins}"));
+    let mut c = p.build(&out);
+    // One second without a byte abandons a try (30 s by default).
+    c.env("STRATA_READ_TIMEOUT", "1");
+    let started = std::time::Instant::now();
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Liveness: 3 tries of 1 s plus 1 + 2 s of pauses; a hang is killed and reported.
+    let deadline = std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > deadline {
+            child.kill().unwrap();
+            panic!("strata still waits on a quiet server after {deadline:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a network failure exits 1:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("{url}/hadoop-")) && err.contains("3 tries"),
+        "the error names the URL and the tries:\n{err}"
+    );
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "three tries, then strata gives up"
+    );
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "the store must be exactly as it was"
+    );
+}
+
+#[test]
+fn a_silent_release_server_fails_the_build_naming_the_url() {
+    a_quiet_release_server_fails_the_build(Misbehaves::Silent);
+}
+
+#[test]
+fn a_release_server_that_stalls_mid_body_fails_the_build_naming_the_url() {
+    a_quiet_release_server_fails_the_build(Misbehaves::Stalls);
+}
+
+#[test]
+fn a_base_path_that_is_a_device_is_bad_input() {
+    refused(
+        |p| {
+            p.edit_recipe(|s| {
+                let at = s.find("path = ").expect("fixture has a base path");
+                let end = at + s[at..].find('\n').unwrap();
+                format!("{}path = \"/dev/zero\"{}", &s[..at], &s[end..])
+            })
+        },
+        2,
+        &["/dev/zero", "regular file"],
+    );
+}
+
+/// A tiny base whose accounts already hold `hadoop` (uid and gid 1000).
+fn base_with_hadoop(p: &Project) {
+    use strata::layer::{Content, Entry};
+    let mut entries = tiny_rootfs_entries();
+    for e in entries.iter_mut() {
+        let extra = match e.path.as_str() {
+            "etc/passwd" => "hadoop:x:1000:1000:old:/home/hadoop:/bin/sh\n",
+            "etc/group" => "hadoop:x:1000:\n",
+            _ => continue,
+        };
+        let strata::layer::Kind::File(c) = &e.kind else {
+            panic!("{} is a file", e.path)
+        };
+        let text = format!(
+            "{}{extra}",
+            String::from_utf8(c.read_all().unwrap()).unwrap()
+        );
+        *e = Entry::file(
+            &e.path,
+            Content::bytes(text.into_bytes()),
+            e.mode,
+            e.uid,
+            e.gid,
+        );
+    }
+    write_tar(&p.root().join("inputs/rootfs.tar"), &entries);
+}
+
+/// Issue 10, finding 3: an account the base already has (name, uid or gid) is refused naming the
+/// key, unless `reuse-existing = true` says to take it over.
+#[test]
+fn a_user_the_base_already_has_is_refused_unless_reuse_existing() {
+    refused(
+        base_with_hadoop,
+        2,
+        &["name = \"hadoop\"", "/etc/passwd", "reuse-existing = true"],
+    );
+    refused(
+        |p| p.edit_recipe(|s| format!("{s}\n[user]\nuid = 1\n")),
+        2,
+        &["uid = 1", "\"daemon\""],
+    );
+    refused(
+        |p| p.edit_recipe(|s| format!("{s}\n[user]\ngid = 42\n")),
+        2,
+        &["gid = 42", "\"shadow\"", "/etc/group"],
+    );
+    // Taken over on purpose: one hadoop line, the recipe's.
+    let p = Project::new();
+    let out = p.root().join("out");
+    base_with_hadoop(&p);
+    p.edit_recipe(|s| format!("{s}\n[user]\nreuse-existing = true\n"));
+    ok(p.build(&out));
+    let m = manifest(&out, "tiny:3.3.6");
+    let mut passwd = None;
+    for l in m["layers"].as_array().unwrap() {
+        if let Some(f) = layer_files(&out, l["digest"].as_str().unwrap()).get("etc/passwd") {
+            passwd = Some(String::from_utf8_lossy(&f.3).into_owned());
+        }
+    }
+    let passwd = passwd.expect("a layer writes /etc/passwd");
+    assert_eq!(
+        passwd
+            .lines()
+            .filter(|l| l.starts_with("hadoop:"))
+            .collect::<Vec<_>>(),
+        ["hadoop:x:1000:1000:Hadoop:/home/hadoop:/bin/bash"],
+        "{passwd}"
+    );
+}
+
+/// Issue 10, finding 9: a refusal inside a base tarball names the recipe's path, once, not the
+/// copy in the cache.
+#[test]
+fn a_hostile_base_tarball_is_named_as_the_recipe_names_it() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    let tar = p.root().join("inputs/rootfs.tar");
+    let gz = p.root().join("inputs/evil.tar.gz");
+    raw_tar_gz(&gz, &[Raw::Dir("etc/"), Raw::File("../outside", b"x")]);
+    std::fs::rename(&gz, &tar).unwrap();
+    let o = run(p.build(&out));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("../outside"), "names the entry:\n{err}");
+    assert_eq!(
+        err.matches("inputs/rootfs.tar").count(),
+        1,
+        "names the recipe's path once:\n{err}"
+    );
+    assert!(!err.contains("/cache/"), "not the cache's copy:\n{err}");
+    assert!(!out.exists(), "no store is made by a failed first build");
 }

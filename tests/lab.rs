@@ -72,7 +72,7 @@ fn unpack_as_root(lab: &Lab, tag: &str, dir: &std::path::Path) -> Option<PathBuf
     }
     let mut u = Command::new("umoci");
     u.args(["unpack", "--image"])
-        .arg(format!("{}:{tag}", lab.store.display()))
+        .arg(format!("{}:hadoop-lab:{tag}", lab.store.display()))
         .arg(dir);
     ok(u);
     Some(dir.join("rootfs"))
@@ -158,7 +158,7 @@ fn lab_images_pass_umoci_skopeo_and_the_schemas() {
         let dir = tmp.path().join(v);
         let mut u = Command::new("umoci");
         u.args(["unpack", "--rootless", "--image"])
-            .arg(format!("{}:{v}", lab.store.display()))
+            .arg(format!("{}:hadoop-lab:{v}", lab.store.display()))
             .arg(&dir);
         ok(u);
         let root = dir.join("rootfs");
@@ -184,7 +184,7 @@ fn lab_images_pass_umoci_skopeo_and_the_schemas() {
         std::fs::remove_dir_all(&dir).unwrap();
         let mut s = Command::new("skopeo");
         s.arg("inspect")
-            .arg(format!("oci:{}:{v}", lab.store.display()));
+            .arg(format!("oci:{}:hadoop-lab:{v}", lab.store.display()));
         let info = json(&ok(s));
         if *v != "base" {
             assert_eq!(info["Labels"]["hadoop.version"], *v);
@@ -786,7 +786,7 @@ fn lab_public_container_takes_its_key_from_a_mounted_secret() {
     }
     let mut u = Command::new("umoci");
     u.args(["unpack", "--image"])
-        .arg(format!("{}:3.3.6", p.store.display()))
+        .arg(format!("{}:{PUBLIC}", p.store.display()))
         .arg(tmp.path().join("node"));
     ok(u);
     let root = tmp.path().join("node/rootfs");

@@ -953,7 +953,7 @@ fn an_image_pushed_by_another_tool_is_pulled_without_a_record_and_a_docker_manif
     let copy = |format: &str, tag: &str| {
         let out = Command::new("skopeo")
             .args(["copy", "-q", "--dest-tls-verify=false", "--format", format])
-            .arg(format!("oci:{}:3.3.6", store.display()))
+            .arg(format!("oci:{}:tiny:3.3.6", store.display()))
             .arg(format!("docker://{}/other:{tag}", reg.host))
             .output()
             .unwrap();

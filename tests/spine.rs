@@ -97,9 +97,10 @@ fn every_image_passes_umoci_skopeo_and_the_schemas() {
     for (name, _) in index_digests(&out) {
         let tag = name.split_once(':').unwrap().1;
         let unpack = p.root().join(format!("unpack-{tag}"));
+        // The ref name is the full name (recipe:tag): both tools split DIR:REF at the first ':'.
         let mut u = Command::new("umoci");
         u.args(["unpack", "--rootless", "--image"])
-            .arg(format!("{}:{tag}", out.display()))
+            .arg(format!("{}:{name}", out.display()))
             .arg(&unpack);
         ok(u);
         assert!(
@@ -107,7 +108,8 @@ fn every_image_passes_umoci_skopeo_and_the_schemas() {
             "{name}: unpacked rootfs has /etc/passwd"
         );
         let mut s = Command::new("skopeo");
-        s.arg("inspect").arg(format!("oci:{}:{tag}", out.display()));
+        s.arg("inspect")
+            .arg(format!("oci:{}:{name}", out.display()));
         let info = json(&ok(s));
         assert_eq!(info["Architecture"], "amd64");
         if tag != "base" {
@@ -611,7 +613,7 @@ fn ls_inspect_diff_and_export() {
     if require("skopeo") {
         let mut s = Command::new("skopeo");
         s.arg("inspect")
-            .arg(format!("oci-archive:{}:3.3.6", a1.display()));
+            .arg(format!("oci-archive:{}:tiny:3.3.6", a1.display()));
         let info = json(&ok(s));
         assert_eq!(info["Labels"]["hadoop.version"], "3.3.6");
     }
@@ -686,7 +688,8 @@ fn zstd_layers_verify_and_read_back() {
     assert_eq!(r["layers-decompressed"].as_u64().unwrap(), 5, "{r}");
     if require("skopeo") {
         let mut s = std::process::Command::new("skopeo");
-        s.arg("inspect").arg(format!("oci:{}:3.3.6", out.display()));
+        s.arg("inspect")
+            .arg(format!("oci:{}:tiny:3.3.6", out.display()));
         ok(s);
     }
 }

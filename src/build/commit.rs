@@ -1,16 +1,19 @@
 //! # Commit: the only step that touches the store
 //!
-//! Under the store's lock: layer blobs are linked in from the cache, configs and manifests
+//! Under the store's lock: layer blobs are copied in from the cache (each checked against its
+//! digest, a damaged one in the store replaced), configs and manifests
 //! written, the store record merged with what the store already holds (other recipes' images,
 //! and with `--only` the recipe's other versions) and `index.json` replaced last. Any error
 //! before this point leaves the store exactly as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use oci_spec::image::{ANNOTATION_REVISION, Descriptor, ImageIndexBuilder, MediaType};
 
+use crate::cache::Cache;
 use crate::oci::image::{self as oci, ImageSpec};
 use crate::oci::record::{ImageRecord, LayerFacts, LayerRecord, StoreRecord};
 use crate::oci::store::{ANNOTATION_RECORD, BlobInfo, INDEX_JSON, Store};
@@ -18,6 +21,7 @@ use crate::recipe::KeyDelivery;
 use crate::recipe::hadoop::version_key;
 use crate::source::{base, keys};
 use crate::support::cmd;
+use crate::support::error::Damaged;
 use crate::support::hash::canonical_json;
 use crate::support::progress::Progress;
 
@@ -28,6 +32,8 @@ use super::plan::{Plan, PlannedImage};
 pub(crate) struct Committed {
     pub images: Vec<ImageSummary>,
     pub index_changed: bool,
+    /// Blobs found damaged in the store and rewritten.
+    pub repaired: Vec<String>,
 }
 
 /// Writes the plan's images into the store at `output`; `built` holds every needed layer's
@@ -35,9 +41,11 @@ pub(crate) struct Committed {
 pub(crate) fn commit(
     plan: &Plan,
     built: &HashMap<usize, (LayerFacts, PathBuf)>,
-    output: &Path,
+    opts: &super::Options,
+    cache: &Cache,
     progress: &Progress,
 ) -> Result<Committed> {
+    let output = &opts.output;
     let store = Store::ensure(output)?;
     let _lock = store.lock(|| {
         progress.say(format!(
@@ -53,16 +61,15 @@ pub(crate) fn commit(
         None
     };
     let old_record = match &old_index {
-        Some(i) => store.read_record(i).unwrap_or_default(),
+        Some(i) => store.read_record(i).unwrap_or_else(|e| {
+            progress.say(format!(
+                "warning: the store record cannot be read ({e:#}): a new one is written"
+            ));
+            StoreRecord::default()
+        }),
         None => StoreRecord::default(),
     };
-    for (rec, blob) in built.values() {
-        let info = BlobInfo {
-            digest: rec.digest.clone(),
-            size: rec.size,
-        };
-        store.import_blob(blob, &info)?;
-    }
+    let mut repaired = import_layers(&store, built, cache)?;
     let layer_record = |idx: usize| -> LayerRecord {
         let pl = &plan.layers[idx];
         LayerRecord {
@@ -81,6 +88,10 @@ pub(crate) fn commit(
         let keys_at_boot = keys_at_boot(plan, img);
         let spec = image_spec(plan, img, &layers, carries_key, keys_at_boot);
         let written = oci::write_image(&store, &spec)?;
+        repaired.extend(written.repaired.iter().map(|d| d.to_string()));
+        for d in [&written.config.digest, &written.manifest.digest] {
+            cache.keep_copy(&store.blob_path(d), d)?;
+        }
         summaries.push(ImageSummary {
             name: img.name.clone(),
             manifest: written.manifest.digest.to_string(),
@@ -114,8 +125,25 @@ pub(crate) fn commit(
     }
     let new_layers = plan.needed().into_iter().map(layer_record).collect();
     let record = merge_record(plan, old_record, images, new_layers);
+    let fresh: BTreeSet<String> = entries.iter().map(|d| d.digest().to_string()).collect();
     let manifests = merge_index(old_index.as_ref(), entries);
-    let record_blob = store.put_blob(&canonical_json(&record)?)?;
+    // The images kept from the old index must be whole too: the build leaves a store that
+    // passes `verify`, or fails with the index unchanged.
+    let kept = manifests
+        .iter()
+        .filter(|d| !fresh.contains(&d.digest().to_string()));
+    match check_kept(&store, cache, kept) {
+        Err(e) if opts.repairing => progress.say(format!("warning: {e:#}")),
+        r => r?,
+    }
+    let (record_blob, fixed) = store.put_blob_checked(&canonical_json(&record)?)?;
+    if fixed {
+        repaired.push(record_blob.digest.to_string());
+    }
+    cache.keep_copy(&store.blob_path(&record_blob.digest), &record_blob.digest)?;
+    for d in &repaired {
+        progress.say(format!("repaired blob {d} (it was damaged in the store)"));
+    }
     let mut annotations = HashMap::from([(
         ANNOTATION_RECORD.to_string(),
         record_blob.digest.to_string(),
@@ -133,7 +161,83 @@ pub(crate) fn commit(
     Ok(Committed {
         images: summaries,
         index_changed,
+        repaired,
     })
+}
+
+/// Every blob of the images a build keeps from the old index is present, of its size and
+/// digest (layers through the memo); else a [`Damaged`] error naming the image and the blob.
+fn check_kept<'a>(
+    store: &Store,
+    cache: &Cache,
+    kept: impl Iterator<Item = &'a Descriptor>,
+) -> Result<()> {
+    let mut problems = Vec::new();
+    for d in kept {
+        let name = oci::entry_name(d);
+        let mut blob_ok =
+            |what: &str, digest: &oci_spec::image::Digest, size: u64| -> Result<bool> {
+                let p = store.blob_path(digest);
+                let ok = store.has_blob(digest, size) && cache.blob_is(&p, digest)?;
+                if !ok {
+                    problems.push(format!(
+                        "{name}: {what} blob {digest} is missing or damaged"
+                    ));
+                }
+                Ok(ok)
+            };
+        if !blob_ok("manifest", d.digest(), d.size())? {
+            continue;
+        }
+        let m = store.read_manifest(d.digest())?;
+        blob_ok("config", m.config().digest(), m.config().size())?;
+        for l in m.layers() {
+            blob_ok("layer", l.digest(), l.size())?;
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    problems.push(
+        "nothing was changed: run `strata verify --repair` (with the recipe of those images to \
+         rebuild what the cache cannot restore)"
+            .into(),
+    );
+    Err(Damaged(problems).into())
+}
+
+/// Copies into the store every layer blob it lacks or holds damaged (checked against its digest;
+/// a `stat` when the cache's memo knows the store's file unchanged). Returns the damaged ones it
+/// replaced.
+fn import_layers(
+    store: &Store,
+    built: &HashMap<usize, (LayerFacts, PathBuf)>,
+    cache: &Cache,
+) -> Result<Vec<String>> {
+    let mut repaired = Vec::new();
+    let mut done = BTreeSet::new();
+    for (rec, blob) in built.values() {
+        if !done.insert(rec.digest.to_string()) {
+            continue;
+        }
+        let dest = store.blob_path(&rec.digest);
+        // A blob an older strata hard-linked from the cache is intact but shares its file: it is
+        // replaced by a copy too.
+        let linked = std::fs::symlink_metadata(&dest).is_ok_and(|m| m.nlink() > 1);
+        if !linked && store.has_blob(&rec.digest, rec.size) && cache.blob_is(&dest, &rec.digest)? {
+            continue;
+        }
+        if !linked && std::fs::symlink_metadata(&dest).is_ok() {
+            repaired.push(rec.digest.to_string());
+        }
+        let info = BlobInfo {
+            digest: rec.digest.clone(),
+            size: rec.size,
+        };
+        store.copy_blob_in(blob, &info)?;
+        cache.remember(&dest, rec.digest.digest())?;
+    }
+    Ok(repaired)
 }
 
 /// The new record: the old one's other images and recipes, this build's images and layers, and
@@ -268,7 +372,6 @@ fn image_spec(
     }
     ImageSpec {
         name: img.name.clone(),
-        tag: img.tag.clone(),
         layers: layers.to_vec(),
         env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
         cmd: recipe.image.cmd.clone(),

@@ -43,6 +43,9 @@ pub struct Options {
     pub quiet: bool,
     /// `--image-budget`, `--layer-budget`, `--min-shared`.
     pub overrides: Overrides,
+    /// `verify --repair RECIPE`: images of other recipes found damaged do not stop this build
+    /// (each recipe given rebuilds its own; the final `verify` says what remains).
+    pub repairing: bool,
 }
 
 /// What `build` did, for people and for `--json`.
@@ -56,6 +59,8 @@ pub struct BuildReport {
     pub layers_built: usize,
     pub layers_cached: usize,
     pub index_changed: bool,
+    /// Blobs that were damaged in the store (other bytes under their digest) and were rewritten.
+    pub repaired_blobs: Vec<String>,
     pub seconds: f64,
     /// The timestamp of every layer, config and the base, and where it came from.
     pub epoch: u64,
@@ -144,7 +149,7 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
         }
     }
 
-    let committed = commit::commit(&plan, &built, &opts.output, &progress)?;
+    let committed = commit::commit(&plan, &built, opts, &cache, &progress)?;
     let report = BuildReport {
         recipe: recipe.name.clone(),
         output: opts.output.clone(),
@@ -153,6 +158,7 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
         layers_built,
         layers_cached: needed.len() - layers_built,
         index_changed: committed.index_changed,
+        repaired_blobs: committed.repaired,
         seconds: start.elapsed().as_secs_f64(),
         epoch: recipe.epoch,
         epoch_source: recipe.epoch_source,

@@ -1,6 +1,7 @@
 //! # Producing layers: entries → deterministic tar → compressor → blob, in one streaming pass
 //!
-//! A layer whose key has a record in the cache is not rebuilt. Others are written as tar →
+//! A layer whose key has a record in the cache, and whose cached blob still has its digest, is
+//! not rebuilt. Others are written as tar →
 //! diff_id hash → compressor → blob hash → `cache/blobs`, and their facts recorded under the key.
 
 use std::collections::BTreeMap;
@@ -39,7 +40,16 @@ pub(crate) fn ensure_layer(
     if let Some(rec) = cache.read_json::<LayerFacts>(&rec_path) {
         let blob = cache.blob_dir().join(rec.digest.digest());
         if std::fs::metadata(&blob).is_ok_and(|m| m.len() == rec.size) {
-            return Ok((rec, blob, false));
+            // Checked at each reuse (a `stat` when the memo knows the file unchanged): a corrupt
+            // cached blob is rebuilt, never copied into a store.
+            if cache.blob_is(&blob, &rec.digest)? {
+                return Ok((rec, blob, false));
+            }
+            progress.say(format!(
+                "layer {}: the cached blob {} is corrupt: rebuilding it",
+                pl.name, rec.digest
+            ));
+            crate::support::fsx::remove_file(&blob)?;
         }
     }
     let (entries, packages) = entries_of(plan, &pl.producer, cache, progress)?;
@@ -63,7 +73,9 @@ fn entries_of(
         Producer::Rootfs => {
             let p = plan.base.as_ref().context("the base was not prepared")?;
             (
-                base::read_rootfs(&p.rootfs, epoch)?,
+                base::read_rootfs(&p.rootfs, epoch).with_context(|| {
+                    format!("reading the root filesystem {}", p.rootfs.display())
+                })?,
                 p.info.packages.clone(),
             )
         }
@@ -130,6 +142,10 @@ fn write_layer(
         (d, n, stats)
     };
     let info = blob.commit()?;
+    cache.remember(
+        &cache.blob_dir().join(info.digest.digest()),
+        info.digest.digest(),
+    )?;
     task.finish(format!(
         "{} entries, {} → {}",
         stats.entries,
@@ -170,19 +186,11 @@ impl<W: std::io::Write + ?Sized> std::io::Write for Counting<'_, W> {
 pub(crate) fn import_oci_base(path: &Path, reference: &str) -> Result<Vec<(LayerFacts, PathBuf)>> {
     let store = Store::open(path).with_context(|| format!("OCI base {}", path.display()))?;
     let index = store.read_index()?;
-    let entry = index
-        .manifests()
-        .iter()
-        .find(|m| {
-            m.annotations().as_ref().is_some_and(|a| {
-                a.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(reference)
-                    || a.get(ANNOTATION_IMAGE_NAME).map(String::as_str) == Some(reference)
-            })
-        })
-        .with_context(|| format!("OCI base {}: no image named {reference:?}", path.display()))?;
+    let entry = find_base_entry(&index, reference)
+        .with_context(|| format!("OCI base {}", path.display()))?;
     let manifest = store.read_manifest(entry.digest())?;
     let config: oci_spec::image::ImageConfiguration =
-        serde_json::from_slice(&store.read_blob(manifest.config().digest())?)
+        serde_json::from_slice(&store.read_blob_checked(manifest.config().digest())?)
             .with_context(|| format!("OCI base {}: parsing its config", path.display()))?;
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != manifest.layers().len() {
@@ -221,6 +229,49 @@ pub(crate) fn import_oci_base(path: &Path, reference: &str) -> Result<Vec<(Layer
         ));
     }
     Ok(out)
+}
+
+/// The entry of an OCI base's index named `reference`: by its `ref.name` or strata's full name,
+/// else by the tag after the last `:` of either when only one entry has it (`base` for
+/// `tiny:base`, as strata named its images before the ref names became `recipe:tag`).
+fn find_base_entry<'a>(
+    index: &'a oci_spec::image::ImageIndex,
+    reference: &str,
+) -> Result<&'a oci_spec::image::Descriptor> {
+    let names = |m: &oci_spec::image::Descriptor| -> Vec<String> {
+        let a = m.annotations().clone().unwrap_or_default();
+        [ANNOTATION_REF_NAME, ANNOTATION_IMAGE_NAME]
+            .iter()
+            .filter_map(|k| a.get(*k).cloned())
+            .collect()
+    };
+    let exact: Vec<_> = index
+        .manifests()
+        .iter()
+        .filter(|m| names(m).iter().any(|n| n == reference))
+        .collect();
+    if let [one] = exact.as_slice() {
+        return Ok(one);
+    }
+    let by_tag: Vec<_> = index
+        .manifests()
+        .iter()
+        .filter(|m| {
+            names(m)
+                .iter()
+                .any(|n| n.rsplit_once(':').is_some_and(|(_, t)| t == reference))
+        })
+        .collect();
+    match (exact.len(), by_tag.as_slice()) {
+        (0, [one]) => Ok(one),
+        (0, []) => {
+            Err(crate::support::error::BadInput(format!("no image named {reference:?}")).into())
+        }
+        _ => Err(crate::support::error::BadInput(format!(
+            "{reference:?} names several images: give the full name (recipe:tag)"
+        ))
+        .into()),
+    }
 }
 
 /// The account files and packages of an OCI base (read from its layers once, then cached when

@@ -5,11 +5,20 @@
 //! ├── base/<key>/rootfs.tar       a base root filesystem, keyed by its inputs (mmdebstrap args…)
 //! ├── base/<key>/info.json        its package list and account files
 //! ├── layers/<key>.json           a built layer: digest, diff_id, sizes (key = hash of inputs)
-//! ├── blobs/sha256/<hex>          the compressed layer blobs, hard-linked into stores
+//! ├── blobs/sha256/<hex>          the compressed layer blobs, copied (never linked) into stores
+//! ├── filehash/<stamp>            memo: the SHA-256 of a file with this (path, device, inode,
+//! │                               size, mtime, ctime); a changed file has another stamp
 //! ├── downloads/sha512/<hex>      downloads (release and JDK tarballs), verified
 //! └── tars/<sha512>.tar           the same, decompressed, read in place (never extracted)
 //! ```
 //! Deleting the cache costs time, never correctness: every entry is re-derived from its inputs.
+//!
+//! The cache and a store share no file: a layer blob is copied into a store (hashed as it is
+//! copied), so a byte flipped in a store never reaches the cache, nor through it another store.
+//! A cached blob is checked against its digest each time it is reused ([`Cache::blob_is`]); the
+//! `filehash` memo makes that check a `stat` for a file not touched since it was last hashed
+//! (an in-place edit changes its ctime, which no user can set back), so a no-op rebuild stays
+//! fast. A cached blob that fails the check is removed and the layer rebuilt.
 //! `--no-cache` builds into a fresh temporary cache. `strata plan` reads the cache through
 //! [`Cache::read_only`] (or [`Cache::nothing`] with `--no-cache`) and never writes to it.
 
@@ -87,7 +96,7 @@ impl Cache {
         self.access == Access::ReadWrite
     }
 
-    /// A throw-away cache (for `--no-cache`), next to `near` so blobs can be hard-linked.
+    /// A throw-away cache (for `--no-cache`), next to `near` (the same file system as the store).
     pub fn temporary(near: &Path) -> Result<Cache> {
         crate::support::fsx::create_dir_all(near)?;
         let t = tempfile::Builder::new()
@@ -131,10 +140,33 @@ impl Cache {
 }
 
 impl Cache {
-    /// SHA-256 of a (large) input file, remembered by its path, size, mtime, inode and device so
-    /// an unchanged file is hashed once (like git's index). A read-only cache uses the memo but
-    /// does not write one.
+    /// SHA-256 of a (large) file, remembered by its path, size, mtime, ctime, inode and device so
+    /// an unchanged file is hashed once (like git's index; ctime catches an edit whose mtime was
+    /// set back). A read-only cache uses the memo but does not write one.
     pub fn file_sha256(&self, path: &Path) -> Result<String> {
+        let memo = self.memo_path(path)?;
+        if self.access != Access::Nothing
+            && let Ok(s) = std::fs::read_to_string(&memo)
+            && s.len() == 64
+            && s.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Ok(s);
+        }
+        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let (d, _) = hash_reader(std::io::BufReader::with_capacity(1 << 20, f))?;
+        self.write_memo(&memo, d.digest())?;
+        Ok(d.digest().to_string())
+    }
+
+    /// Notes that the file at `path` (just written and hashed as it was written) has the SHA-256
+    /// `hex`, so its next check is a `stat`.
+    pub fn remember(&self, path: &Path, hex: &str) -> Result<()> {
+        let memo = self.memo_path(path)?;
+        self.write_memo(&memo, hex)
+    }
+
+    /// The memo file of `path` as it is now (its stamp).
+    fn memo_path(&self, path: &Path) -> Result<PathBuf> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
         let stamp = key_of(&serde_json::json!([
@@ -143,22 +175,62 @@ impl Cache {
             m.mtime(),
             m.mtime_nsec(),
             m.ino(),
-            m.dev()
+            m.dev(),
+            m.ctime(),
+            m.ctime_nsec()
         ]));
-        let memo = self.root.join("filehash").join(&stamp);
-        if self.access != Access::Nothing
-            && let Ok(s) = std::fs::read_to_string(&memo)
-            && s.len() == 64
-        {
-            return Ok(s);
-        }
-        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let (d, _) = hash_reader(std::io::BufReader::with_capacity(1 << 20, f))?;
+        Ok(self.root.join("filehash").join(stamp))
+    }
+
+    fn write_memo(&self, memo: &Path, hex: &str) -> Result<()> {
         if self.writable() {
             let dir = memo.parent().expect("filehash dir");
             std::fs::create_dir_all(dir).with_context(|| format!("creating {dir:?}"))?;
-            atomic_write(&memo, d.digest().as_bytes())?;
+            write_unsynced(memo, hex.as_bytes())?;
         }
-        Ok(d.digest().to_string())
+        Ok(())
     }
+
+    /// Keeps a copy of a small store blob (config, manifest, record) in the cache's blob
+    /// directory, unless there, so `strata verify --repair` can restore it; `src` must hold
+    /// `digest`'s bytes (checked).
+    pub fn keep_copy(&self, src: &Path, digest: &oci_spec::image::Digest) -> Result<()> {
+        let dest = self.blob_dir().join(digest.digest());
+        if !self.writable() || dest.exists() {
+            return Ok(());
+        }
+        let data = crate::support::fsx::read(src)?;
+        if crate::support::hash::sha256_of(&data) == *digest {
+            write_unsynced(&dest, &data)?;
+        }
+        Ok(())
+    }
+
+    /// True if the regular file at `path` holds the blob `digest` (hashed unless the memo knows
+    /// the file unchanged since it was last hashed). False for a missing file, a directory, or
+    /// other bytes.
+    pub fn blob_is(&self, path: &Path, digest: &oci_spec::image::Digest) -> Result<bool> {
+        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+            return Ok(false);
+        }
+        Ok(self.file_sha256(path)? == digest.digest())
+    }
+}
+
+/// Whole or not at all (temp file, rename) but not fsynced: for the memo and the kept copies,
+/// which are checked before use (a memo must be 64 hex digits and is compared with a digest; a
+/// kept copy is hashed before it repairs anything), so a crash costs a re-hash, never a wrong
+/// answer. Saves two fsyncs per file on every build that writes them.
+fn write_unsynced(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().context("path without a parent")?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(crate::support::fsx::TMP_PREFIX)
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temp file in {dir:?}"))?;
+    tmp.write_all(data)
+        .with_context(|| format!("writing {:?}", tmp.path()))?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming into {path:?}"))?;
+    Ok(())
 }

@@ -29,6 +29,13 @@ pub fn code(err: &anyhow::Error) -> u8 {
         {
             return exit::CLOUD_REFUSED;
         }
+        if let Some(e) = cause.downcast_ref::<crate::publish::docker::ContainerExit>() {
+            // The command's own code (1..=255); a signal's 128+n passes through too.
+            return u8::try_from(e.code)
+                .ok()
+                .filter(|c| *c != 0)
+                .unwrap_or(exit::FAILURE);
+        }
         if let Some(CloudError::Status { status, .. }) = cause.downcast_ref::<CloudError>()
             && matches!(status, 400 | 401 | 403 | 413 | 415)
         {

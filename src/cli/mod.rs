@@ -28,11 +28,13 @@ Quick start:
   strata ls                         the images, with digests and sizes
   strata inspect hadoop-lab:3.3.6   its layers, their sizes, which images share each
   strata diff hadoop-lab:3.3.6 hadoop-lab:3.4.1
-  strata verify                     re-hash every blob, check every manifest
+  strata verify [--repair]          re-hash every blob, check every manifest (restore damage)
   strata disk hadoop-lab:3.3.6 --boot-test
   strata publish hadoop-lab:3.3.6 --cloud lab     upload its disk to Glance, verified
   strata push --all registry.example.org/team/hadoop-lab    every image, to a registry
   strata pull registry.example.org/team/hadoop-lab:3.3.6 -o lab    and back, byte for byte
+  strata load hadoop-lab:3.3.6      into the local Docker engine (DOCKER_HOST)
+  strata run hadoop-lab:3.3.6 -- java -version    a command in it, on the host network
 
 Environment:
   SOURCE_DATE_EPOCH  overrides the recipe's `epoch`: timestamps in layers, configs and the
@@ -41,6 +43,7 @@ Environment:
   STRATA_SSH_KEY     the cluster's SSH private key (default: generated once under
                      ~/.local/share/strata/cluster-keys/<recipe>/)
   CI                 plain progress lines instead of bars
+  DOCKER_HOST        the Docker engine for load and run (default unix:///var/run/docker.sock)
   OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_AUTH_URL, OS_*   the cloud for publish (as openstack's)
   STRATA_REGISTRY_USER, STRATA_REGISTRY_PASSWORD       registry credentials for push and pull
   DOCKER_CONFIG      where Docker's config.json is (registry credentials; default ~/.docker)
@@ -105,6 +108,15 @@ pub struct PolicyArgs {
 
 fn parse_size(s: &str) -> Result<Size, String> {
     s.parse()
+}
+
+fn parse_env(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err(format!(
+            "{s:?}: expected KEY=VALUE, e.g. STRATA_ROLES=namenode"
+        )),
+    }
 }
 
 fn parse_layer_budget(s: &str) -> Result<(String, Size), String> {
@@ -343,7 +355,25 @@ STRATA_SSH_KEY, or the one the build used). Results are kept beside the disk."
     /// Which files differ between two images, layer by layer.
     Diff { a: String, b: String },
     /// Re-hash every blob and check every manifest, config and diff_id.
-    Verify,
+    #[command(
+        after_help = "Exits 4 when the store is damaged, naming each blob or file. With \
+--repair, every damaged or missing blob the cache still holds intact is copied back (layers, \
+configs, manifests, records); the recipes given after --repair are then built into the store, \
+which rewrites what the cache could not restore. The store is verified again at the end: exit 4 \
+if damage remains, saying what (then run `strata build RECIPE -o DIR` with the recipe of those \
+images)."
+    )]
+    Verify {
+        /// Restore damaged blobs from the cache, then build the RECIPEs given.
+        #[arg(long)]
+        repair: bool,
+        /// With --repair: recipes to build into the store for what the cache cannot restore.
+        #[arg(requires = "repair", value_name = "RECIPE")]
+        recipes: Vec<PathBuf>,
+        /// The build cache directory [env: STRATA_CACHE; default ~/.cache/strata].
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+    },
     /// Remove blobs no image uses (and leftovers of interrupted writes).
     Gc {
         /// Only say what would be removed.
@@ -358,6 +388,46 @@ STRATA_SSH_KEY, or the one the build used). Results are kept beside the disk."
         /// reads it.
         #[arg(long, value_name = "FILE", required = true)]
         oci_archive: PathBuf,
+    },
+    /// Load images into the local Docker engine (DOCKER_HOST), streamed, without docker's CLI.
+    #[command(after_help = LOAD_HELP)]
+    Load {
+        /// `recipe:version`, a tag or a manifest digest (repeatable); or --all.
+        images: Vec<String>,
+        /// Every image of the store.
+        #[arg(long, conflicts_with = "images")]
+        all: bool,
+        /// Seconds to wait for the engine to take the archive [default: 300 + 1 per MiB].
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Run an image in the local Docker engine, on the host network, with the recipe's release
+    /// volume and SSH key delivery; or smoke-test it (--smoke).
+    #[command(after_help = RUN_HELP)]
+    Run {
+        /// `recipe:version`, a tag or a manifest digest.
+        image: String,
+        /// The command to run (after `--`); without it the node starts detached with the
+        /// image's own command.
+        #[arg(last = true, value_name = "CMD")]
+        cmd: Vec<String>,
+        /// A directory holding hadoop-X.Y.Z/, mounted read-only at /srv/hadoop-dist (for images
+        /// built with [dist] mode = "mount").
+        #[arg(long, value_name = "DIR")]
+        dist: Option<PathBuf>,
+        /// An environment variable for the container, e.g. STRATA_ROLES=namenode (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<String>,
+        /// The container's name (detached runs).
+        #[arg(long, value_name = "NAME", conflicts_with = "cmd")]
+        name: Option<String>,
+        /// Check the user environment, Java and the configs in a running container, record
+        /// the result against the image's digest (shown by `strata inspect`), remove it.
+        #[arg(long, conflicts_with_all = ["cmd", "name"])]
+        smoke: bool,
+        /// Seconds to wait for the engine to take the archive, when the image must be loaded.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
     },
     /// Before launching: check that an image in Glance, a flavor and the cloud fit together.
     #[command(
@@ -434,6 +504,36 @@ Exit codes: 0 pulled, 1 failure (network, registry unreachable), 2 bad input (a 
 reference, a tag the registry does not have), 3 a blob whose digest does not match (nothing
 written), 6 the registry refused (401, 403).";
 
+const LOAD_HELP: &str = "\
+The engine is the one DOCKER_HOST names (unix:///path/docker.sock, tcp://HOST:2375; default
+unix:///var/run/docker.sock); the API version is negotiated (Docker 20.10 speaks 1.41). The
+archive is what `strata export` writes (OCI layout + Docker's manifest.json), streamed into the
+engine without a temp file. Images appear under their names (hadoop-lab:3.3.6); the engine's
+image id is the config digest. zstd-compressed layers need Docker 23 or newer: an older engine is
+refused before anything is sent.
+
+Exit codes: 0 loaded, 1 no engine, the engine refused the archive, a timeout, 2 an image not in
+the store, a zstd image for an engine older than 23.";
+
+const RUN_HELP: &str = "\
+Examples:
+  strata run hadoop-lab:3.3.6 -- java -version        run a command, pass its exit code on
+  strata run hadoop-lab:3.3.6 --dist /srv/releases -e STRATA_ROLES=namenode,datanode
+                                                      a lab node, detached
+  strata run hadoop-lab:3.3.6 --smoke                 check it, record the result
+
+The container runs on the host network. The image is loaded first when the engine lacks this
+build of it. For [dist] mode = \"mount\" images, --dist DIR (holding hadoop-X.Y.Z/) is mounted
+read-only at /srv/hadoop-dist (without it: an NFS source of the recipe as an NFS volume, a LABEL=
+source from where it is mounted on this host, else the node starts without Hadoop). Images built
+with [ssh] deliver = \"boot\" get the cluster key mounted read-only at
+/run/secrets/strata-ssh-key (STRATA_SSH_KEY, or the key the build used); it never enters an image.
+
+With a command: its output is streamed, the container removed, and strata exits with the
+command's exit code. Without: the node starts detached with the image's command (strata-node:
+STRATA_ROLES picks the daemons); strata prints the container id, `docker logs -f ID` follows
+it and `docker rm -f ID` stops it.";
+
 // Only `cli` writes to stdout (the crate's lints refuse `print!` elsewhere).
 #[allow(clippy::print_stdout)]
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -449,6 +549,30 @@ pub fn load_recipe(path: &std::path::Path) -> Result<Recipe> {
     Ok(recipe)
 }
 
+/// `verify --repair`: blobs back from the cache, then each recipe given built into the store.
+fn repair_store(
+    cli: &Cli,
+    recipes: &[PathBuf],
+    cache: Option<&std::path::Path>,
+) -> Result<Vec<String>> {
+    let dir = cache
+        .map(PathBuf::from)
+        .unwrap_or_else(crate::cache::Cache::default_dir);
+    let mut repaired = inspect::repair(&cli.output, &crate::cache::Cache::read_only(&dir))?;
+    for r in recipes {
+        let recipe = load_recipe(r)?;
+        let opts = build::Options {
+            output: cli.output.clone(),
+            cache: Some(dir.clone()),
+            quiet: cli.quiet,
+            repairing: true,
+            ..build::Options::default()
+        };
+        repaired.extend(build::build(&recipe, &opts)?.repaired_blobs);
+    }
+    Ok(repaired)
+}
+
 fn options(cli: &Cli, r: &RecipeArgs, refresh_base: bool) -> build::Options {
     build::Options {
         output: cli.output.clone(),
@@ -458,6 +582,7 @@ fn options(cli: &Cli, r: &RecipeArgs, refresh_base: bool) -> build::Options {
         only: r.only.clone(),
         quiet: cli.quiet,
         overrides: r.policy.overrides(),
+        repairing: false,
     }
 }
 
@@ -617,6 +742,46 @@ fn pull(cli: &Cli) -> Result<()> {
     show(cli, &rep, text::pull)
 }
 
+/// `strata run`: a command's output goes straight to stdout/stderr; the report after it.
+fn run_container(cli: &Cli) -> Result<()> {
+    let Command::Run {
+        image,
+        cmd,
+        dist,
+        env,
+        name,
+        smoke,
+        timeout,
+    } = &cli.command
+    else {
+        unreachable!("run_container() is called for the run command")
+    };
+    let opts = crate::publish::docker::RunOptions {
+        store: cli.output.clone(),
+        image: image.clone(),
+        cmd: cmd.clone(),
+        dist: dist.clone(),
+        env: env.clone(),
+        name: name.clone(),
+        smoke: *smoke,
+        load_timeout: timeout.map(std::time::Duration::from_secs),
+        quiet: cli.quiet,
+    };
+    // With --json a command's output goes to stderr, so stdout holds only the document.
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let out: &mut dyn std::io::Write = if cli.json { &mut err } else { &mut out };
+    let mut err2 = std::io::stderr();
+    match crate::publish::docker::run(&opts, out, &mut err2) {
+        Ok(rep) => show(cli, &rep, text::run),
+        Err(e) => {
+            if let Some(f) = e.downcast_ref::<crate::publish::docker::smoke::SmokeFailed>() {
+                show(cli, &f.0, text::run)?;
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
@@ -695,8 +860,27 @@ pub fn run(cli: Cli) -> Result<()> {
             show(&cli, &inspect::inspect(&cli.output, image)?, text::inspect)
         }
         Command::Diff { a, b } => show(&cli, &inspect::diff(&cli.output, a, b)?, text::diff),
-        Command::Verify => {
-            let rep = inspect::verify(&cli.output)?;
+        Command::Verify {
+            repair,
+            recipes,
+            cache,
+        } => {
+            let repaired = if *repair {
+                repair_store(&cli, recipes, cache.as_deref())?
+            } else {
+                vec![]
+            };
+            let mut rep = inspect::verify(&cli.output)?;
+            rep.repaired = repaired;
+            if *repair && !rep.problems.is_empty() {
+                rep.problems.push(format!(
+                    "not repaired: the cache does not hold these blobs intact; build the recipe \
+                     of the damaged images into the store (`strata verify --repair RECIPE -o {}` \
+                     or `strata build RECIPE -o {}`)",
+                    cli.output.display(),
+                    cli.output.display()
+                ));
+            }
             show(&cli, &rep, text::verify)?;
             inspect::damaged(&rep)
         }
@@ -708,6 +892,26 @@ pub fn run(cli: Cli) -> Result<()> {
             let rep = inspect::export_oci_archive(&cli.output, images, oci_archive)?;
             show(&cli, &rep, text::export)
         }
+        Command::Load {
+            images,
+            all,
+            timeout,
+        } => {
+            if images.is_empty() && !*all {
+                return Err(crate::support::error::BadInput(
+                    "name the images to load (e.g. hadoop-lab:3.3.6), or pass --all".into(),
+                )
+                .into());
+            }
+            let rep = crate::publish::docker::load(
+                &cli.output,
+                images,
+                timeout.map(std::time::Duration::from_secs),
+                cli.quiet,
+            )?;
+            show(&cli, &rep, text::load)
+        }
+        Command::Run { .. } => run_container(&cli),
         Command::Preflight {
             image,
             cloud,
@@ -779,6 +983,7 @@ mod tests {
             &["inspect", "3.3.6"],
             &["diff", "a", "b"],
             &["verify"],
+            &["verify", "--repair", "recipes/lab.toml", "--cache", "c"],
             &["gc", "--dry-run"],
             &["export", "a", "--oci-archive", "x.tar"],
             &["push", "hadoop-lab:3.3.6", "reg:5000/lab:x", "--insecure"],
@@ -805,6 +1010,20 @@ mod tests {
                 "reg:5000/lab:base",
                 "--insecure",
             ],
+            &["load", "hadoop-lab:3.3.6", "--timeout", "900"],
+            &["load", "--all"],
+            &["run", "x", "--", "sh", "-c", "exit 3"],
+            &[
+                "run",
+                "x",
+                "--dist",
+                "/srv",
+                "-e",
+                "STRATA_ROLES=namenode",
+                "--name",
+                "n1",
+            ],
+            &["run", "x", "--smoke", "--json"],
         ] {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
@@ -821,6 +1040,10 @@ mod tests {
             &["build", "--layer-budget", "base"],
             &["plan", "--min-shared", "1.5"],
             &["export", "a"],
+            &["load", "a", "--all"],
+            &["run", "x", "-e", "NOVALUE"],
+            &["run", "x", "--smoke", "--", "true"],
+            &["run", "x", "--name", "n", "--", "true"],
             &["frobnicate"],
             &["push", "--all", "r/l", "--jobs", "0"],
             &["push", "--all", "r/l", "--username", "u"],

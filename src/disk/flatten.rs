@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::layer::{self, Content, Entry, Kind, TarPolicy};
 use crate::source::accounts::BaseAccounts;
@@ -26,8 +26,10 @@ pub fn flatten_split(layer_tars: &[PathBuf], shared: &[bool]) -> Result<(Vec<Ent
             tar,
             TarPolicy {
                 allow_devices: true,
+                allow_setid: true,
             },
-        )?;
+        )
+        .with_context(|| format!("reading the layer {}", tar.display()))?;
         for e in entries {
             let name = e.path.rsplit('/').next().unwrap_or("");
             let parent = e.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");

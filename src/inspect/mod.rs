@@ -9,4 +9,4 @@ mod verify;
 
 pub use export::{ExportReport, export_oci_archive};
 pub use show::{DiffReport, Inspection, LsRow, diff, inspect, ls};
-pub use verify::{GcReport, VerifyReport, damaged, gc, verify};
+pub use verify::{GcReport, VerifyReport, damaged, gc, repair, verify};

@@ -1,12 +1,14 @@
-//! # verify and gc: every blob re-hashed, every document checked; garbage removed under the lock
+//! # verify, repair and gc: every blob re-hashed, every document checked; damage restored from
+//! the cache and garbage removed under the lock
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use oci_spec::image::{Descriptor, Digest, ImageConfiguration, ImageManifest};
+use oci_spec::image::{ANNOTATION_CREATED, Descriptor, Digest, ImageConfiguration, ImageManifest};
 use serde::Serialize;
 
+use crate::cache::Cache;
 use crate::layer::compress::Compression;
 use crate::oci::image::entry_name;
 use crate::oci::store::{ANNOTATION_RECORD, Store};
@@ -25,59 +27,31 @@ pub struct VerifyReport {
     pub layers_decompressed: usize,
     pub temp_files: usize,
     pub unreferenced_blobs: usize,
+    /// Files in `blobs/sha256` no image uses that are damaged (other bytes than their name says,
+    /// not a file): harmless, `gc` removes them.
+    pub unreferenced_damaged: usize,
     pub problems: Vec<String>,
+    /// `--repair`: the blobs restored (from the cache, or rebuilt by the recipes given).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<String>,
 }
 
-/// Re-hashes every blob, checks every manifest, config and diff_id.
+/// Re-hashes every blob, checks `oci-layout`, every manifest, config (its `created` too) and
+/// diff_id. Damage is reported as problems (the caller turns them into exit 4), each naming the
+/// file or blob.
 pub fn verify(root: &Path) -> Result<VerifyReport> {
     let store = Store::open(root)?;
     let mut rep = VerifyReport::default();
-    let mut present = BTreeSet::new();
-    let blobs = store.blob_dir();
-    for e in std::fs::read_dir(&blobs).with_context(|| format!("reading {blobs:?}"))? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(TMP_PREFIX) {
-            rep.temp_files += 1;
-            continue;
-        }
-        let (d, n) = hash_reader(std::io::BufReader::new(crate::support::fsx::open(
-            &e.path(),
-        )?))?;
-        rep.blobs += 1;
-        rep.bytes += n;
-        if d.digest() != name {
-            rep.problems
-                .push(format!("blob {name} has digest {d} (corrupt)"));
-        }
-        present.insert(name);
+    if let Some(p) = store.layout_problem() {
+        rep.problems.push(p);
     }
+    let (present, suspects) = hash_blobs(&store, &mut rep);
     let index = match store.read_index() {
         Ok(i) => i,
         Err(e) => {
-            rep.problems.push(format!("index.json: {e:#}"));
+            rep.problems.push(format!("{e:#}"));
+            rep.problems.extend(suspects.into_values());
             return finish(rep);
-        }
-    };
-    let mut checked_layers: HashMap<String, Digest> = HashMap::new();
-    let check_blob = |rep: &mut VerifyReport, what: &str, d: &Descriptor| -> bool {
-        let p = store.blob_path(d.digest());
-        match std::fs::metadata(&p) {
-            Err(_) => {
-                rep.problems
-                    .push(format!("{what}: blob {} is missing", d.digest()));
-                false
-            }
-            Ok(m) if m.len() != d.size() => {
-                rep.problems.push(format!(
-                    "{what}: blob {} is {} bytes, descriptor says {}",
-                    d.digest(),
-                    m.len(),
-                    d.size()
-                ));
-                false
-            }
-            Ok(_) => true,
         }
     };
     if let Some(r) = index
@@ -92,79 +66,302 @@ pub fn verify(root: &Path) -> Result<VerifyReport> {
         if !ok {
             rep.problems
                 .push(format!("the store record {r} is missing"));
+        } else if let Err(e) = store.read_record(&index) {
+            rep.problems.push(format!("the store record: {e:#}"));
+        }
+    }
+    let mut checked_layers: HashMap<String, Digest> = HashMap::new();
+    for d in index.manifests() {
+        rep.images += 1;
+        check_image(&store, &mut rep, d, &mut checked_layers);
+    }
+    // A damaged blob no image uses is a note (gc removes it); one an image uses, or any when
+    // what is used cannot be known, a problem.
+    let reach = store.reachable(&index).ok();
+    if let Some(reach) = &reach {
+        rep.unreferenced_blobs = present.iter().filter(|p| !reach.contains(*p)).count();
+    }
+    for (name, problem) in suspects {
+        if reach.as_ref().is_some_and(|r| !r.contains(&name)) {
+            rep.unreferenced_damaged += 1;
+        } else {
+            rep.problems.push(problem);
+        }
+    }
+    finish(rep)
+}
+
+/// Hashes every file of `blobs/sha256`; returns the names present, and the damaged entries (a
+/// directory or other non-file, bytes that do not hash to the name, unreadable) with the problem
+/// naming each path. A missing or unreadable blob directory is a problem at once.
+fn hash_blobs(
+    store: &Store,
+    rep: &mut VerifyReport,
+) -> (BTreeSet<String>, BTreeMap<String, String>) {
+    let mut present = BTreeSet::new();
+    let mut suspects = BTreeMap::new();
+    let blobs = store.blob_dir();
+    let rd = match std::fs::read_dir(&blobs) {
+        Ok(rd) => rd,
+        Err(e) => {
+            rep.problems
+                .push(format!("{}: cannot be read ({e})", blobs.display()));
+            return (present, suspects);
+        }
+    };
+    for e in rd {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                rep.problems
+                    .push(format!("{}: cannot be listed ({err})", blobs.display()));
+                break;
+            }
+        };
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(TMP_PREFIX) {
+            rep.temp_files += 1;
+            continue;
+        }
+        let path = e.path();
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            suspects.insert(name, format!("{} is not a regular file", path.display()));
+            continue;
+        }
+        let hashed = crate::support::fsx::open(&path)
+            .and_then(|f| Ok(hash_reader(std::io::BufReader::with_capacity(1 << 20, f))?));
+        match hashed {
+            Ok((d, n)) => {
+                rep.blobs += 1;
+                rep.bytes += n;
+                if d.digest() != name {
+                    suspects.insert(
+                        name.clone(),
+                        format!("blob {name} has digest {d} (corrupt)"),
+                    );
+                }
+                present.insert(name);
+            }
+            Err(err) => {
+                suspects.insert(
+                    name,
+                    format!("{}: cannot be read ({err:#})", path.display()),
+                );
+            }
+        }
+    }
+    (present, suspects)
+}
+
+/// The blob a descriptor names is a regular file of its size; else a problem.
+fn check_blob(store: &Store, rep: &mut VerifyReport, what: &str, d: &Descriptor) -> bool {
+    let p = store.blob_path(d.digest());
+    match std::fs::symlink_metadata(&p) {
+        Err(_) => {
+            rep.problems
+                .push(format!("{what}: blob {} is missing", d.digest()));
+            false
+        }
+        Ok(m) if !m.is_file() => {
+            rep.problems.push(format!(
+                "{what}: blob {} ({}) is not a regular file",
+                d.digest(),
+                p.display()
+            ));
+            false
+        }
+        Ok(m) if m.len() != d.size() => {
+            rep.problems.push(format!(
+                "{what}: blob {} is {} bytes, descriptor says {}",
+                d.digest(),
+                m.len(),
+                d.size()
+            ));
+            false
+        }
+        Ok(_) => true,
+    }
+}
+
+/// An image: its manifest, config (and `created`), and each layer's diff_id.
+fn check_image(
+    store: &Store,
+    rep: &mut VerifyReport,
+    d: &Descriptor,
+    checked_layers: &mut HashMap<String, Digest>,
+) {
+    let name = entry_name(d);
+    if !check_blob(store, rep, &name, d) {
+        return;
+    }
+    let m: ImageManifest = match store.read_manifest(d.digest()) {
+        Ok(m) => m,
+        Err(e) => {
+            rep.problems.push(format!("{name}: {e:#}"));
+            return;
+        }
+    };
+    if !check_blob(store, rep, &format!("{name} config"), m.config()) {
+        return;
+    }
+    let cfg: ImageConfiguration = match store
+        .read_blob_checked(m.config().digest())
+        .and_then(|b| Ok(serde_json::from_slice(&b)?))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            rep.problems.push(format!("{name} config: {e:#}"));
+            return;
+        }
+    };
+    let created = [
+        ("config", cfg.created().clone()),
+        (
+            "manifest annotation",
+            m.annotations()
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_CREATED).cloned()),
+        ),
+    ];
+    for (what, c) in created {
+        if let Some(c) = c
+            && chrono::DateTime::parse_from_rfc3339(&c).is_err()
+        {
+            rep.problems.push(format!(
+                "{name}: the {what} `created` {c:?} is not an RFC 3339 time (OCI tools refuse it)"
+            ));
+        }
+    }
+    if cfg.rootfs().diff_ids().len() != m.layers().len() {
+        rep.problems.push(format!(
+            "{name}: {} layers but {} diff_ids",
+            m.layers().len(),
+            cfg.rootfs().diff_ids().len()
+        ));
+        return;
+    }
+    for (l, want) in m.layers().iter().zip(cfg.rootfs().diff_ids()) {
+        if !check_blob(store, rep, &format!("{name} layer"), l) {
+            continue;
+        }
+        let key = l.digest().to_string();
+        let got = match checked_layers.get(&key) {
+            Some(d) => d.clone(),
+            None => {
+                let d = store
+                    .open_blob(l.digest())
+                    .and_then(|f| {
+                        Ok(Compression::reader_for(
+                            l.media_type(),
+                            std::io::BufReader::new(f),
+                        )?)
+                    })
+                    .and_then(|r| Ok(hash_reader(r)?))
+                    .map(|(d, _)| d)
+                    .with_context(|| format!("decompressing layer {key}"));
+                match d {
+                    Ok(d) => {
+                        rep.layers_decompressed += 1;
+                        checked_layers.insert(key.clone(), d.clone());
+                        d
+                    }
+                    Err(e) => {
+                        rep.problems.push(format!("{name}: layer {key}: {e:#}"));
+                        continue;
+                    }
+                }
+            }
+        };
+        if got.to_string() != *want {
+            rep.problems.push(format!(
+                "{name}: layer {key} has diff_id {got}, config says {want}"
+            ));
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------- repair
+
+/// `verify --repair`, its first step: under the store's lock, `oci-layout` rewritten if it is
+/// wrong, and every blob the index reaches that is missing, not a file, of the wrong size or
+/// the wrong bytes copied back from the cache when the cache holds it intact (layers, configs,
+/// manifests and records are all kept there). Returns what it restored; what it could not is
+/// left for the caller's rebuild or final `verify`.
+pub fn repair(root: &Path, cache: &Cache) -> Result<Vec<String>> {
+    let store = Store::open(root)?;
+    let _lock = store.lock(|| {
+        eprintln!(
+            "waiting for another strata process to finish with {}",
+            root.display()
+        )
+    })?;
+    let mut repaired = Vec::new();
+    if store.layout_problem().is_some() {
+        store.ensure_layout()?;
+        repaired.push(crate::oci::store::OCI_LAYOUT.to_string());
+    }
+    crate::support::fsx::create_dir_all(&store.blob_dir())?;
+    let index = store.read_index()?;
+    let mut fix = |digest: &Digest, size: Option<u64>| -> Result<bool> {
+        if blob_intact(&store, digest, size) {
+            return Ok(true);
+        }
+        let src = cache.blob_dir().join(digest.digest());
+        let size_ok = size.is_none_or(|n| std::fs::metadata(&src).is_ok_and(|m| m.len() == n));
+        if !(size_ok && cache.blob_is(&src, digest)?) {
+            return Ok(false);
+        }
+        let n = std::fs::metadata(&src)?.len();
+        let info = crate::oci::store::BlobInfo {
+            digest: digest.clone(),
+            size: n,
+        };
+        store.copy_blob_in(&src, &info)?;
+        repaired.push(digest.to_string());
+        Ok(true)
+    };
+    if let Some(r) = index
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_RECORD))
+        && let Ok(d) = r.parse::<Digest>()
+        && fix(&d, None)?
+        && let Ok(record) = store.read_record(&index)
+    {
+        for img in &record.images {
+            for d in &img.disk_layers {
+                fix(d, record.layer(d).map(|l| l.size))?;
+            }
         }
     }
     for d in index.manifests() {
-        let name = entry_name(d);
-        rep.images += 1;
-        if !check_blob(&mut rep, &name, d) {
+        if !fix(d.digest(), Some(d.size()))? {
             continue;
         }
-        let m: ImageManifest = match store.read_manifest(d.digest()) {
-            Ok(m) => m,
-            Err(e) => {
-                rep.problems.push(format!("{name}: {e:#}"));
-                continue;
-            }
+        let Ok(m) = store.read_manifest(d.digest()) else {
+            continue;
         };
-        if !check_blob(&mut rep, &format!("{name} config"), m.config()) {
-            continue;
-        }
-        let cfg: ImageConfiguration = match store
-            .read_blob(m.config().digest())
-            .and_then(|b| Ok(serde_json::from_slice(&b)?))
-        {
-            Ok(c) => c,
-            Err(e) => {
-                rep.problems.push(format!("{name} config: {e:#}"));
-                continue;
-            }
-        };
-        if cfg.rootfs().diff_ids().len() != m.layers().len() {
-            rep.problems.push(format!(
-                "{name}: {} layers but {} diff_ids",
-                m.layers().len(),
-                cfg.rootfs().diff_ids().len()
-            ));
-            continue;
-        }
-        for (l, want) in m.layers().iter().zip(cfg.rootfs().diff_ids()) {
-            if !check_blob(&mut rep, &format!("{name} layer"), l) {
-                continue;
-            }
-            let key = l.digest().to_string();
-            let got = match checked_layers.get(&key) {
-                Some(d) => d.clone(),
-                None => {
-                    let f = std::io::BufReader::new(store.open_blob(l.digest())?);
-                    let d = Compression::reader_for(l.media_type(), f)
-                        .and_then(hash_reader)
-                        .map(|(d, _)| d)
-                        .with_context(|| format!("decompressing layer {key}"));
-                    match d {
-                        Ok(d) => {
-                            rep.layers_decompressed += 1;
-                            checked_layers.insert(key.clone(), d.clone());
-                            d
-                        }
-                        Err(e) => {
-                            rep.problems.push(format!("{name}: layer {key}: {e:#}"));
-                            continue;
-                        }
-                    }
-                }
-            };
-            if got.to_string() != *want {
-                rep.problems.push(format!(
-                    "{name}: layer {key} has diff_id {got}, config says {want}"
-                ));
-            }
+        fix(m.config().digest(), Some(m.config().size()))?;
+        for l in m.layers() {
+            fix(l.digest(), Some(l.size()))?;
         }
     }
-    if let Ok(reach) = store.reachable(&index) {
-        rep.unreferenced_blobs = present.iter().filter(|p| !reach.contains(*p)).count();
+    Ok(repaired)
+}
+
+/// The blob is a regular file of this size (when known) whose bytes have its digest.
+fn blob_intact(store: &Store, digest: &Digest, size: Option<u64>) -> bool {
+    let p = store.blob_path(digest);
+    let Ok(m) = std::fs::symlink_metadata(&p) else {
+        return false;
+    };
+    if !m.is_file() || size.is_some_and(|n| n != m.len()) {
+        return false;
     }
-    finish(rep)
+    crate::support::fsx::open(&p)
+        .ok()
+        .and_then(|f| hash_reader(std::io::BufReader::with_capacity(1 << 20, f)).ok())
+        .is_some_and(|(d, _)| d == *digest)
 }
 
 fn finish(rep: VerifyReport) -> Result<VerifyReport> {
@@ -218,11 +415,18 @@ pub fn gc(root: &Path, dry_run: bool) -> Result<GcReport> {
         rep.removed_blobs += 1;
         rep.removed_bytes += size;
         if !dry_run {
-            crate::support::fsx::remove_file(&store.blob_dir().join(&name))?;
+            let p = store.blob_dir().join(&name);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                std::fs::remove_dir_all(&p).with_context(|| format!("removing {p:?}"))?;
+            } else {
+                crate::support::fsx::remove_file(&p)?;
+            }
         }
     }
-    if !dry_run {
-        rep.removed_temp_files = store.clean_temp()?;
-    }
+    rep.removed_temp_files = if dry_run {
+        store.temp_files().len() as u64
+    } else {
+        store.clean_temp()?
+    };
     Ok(rep)
 }

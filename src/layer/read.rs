@@ -18,10 +18,15 @@ use super::{Content, Entry, Kind, normalize};
 pub struct TarPolicy {
     /// Device nodes and FIFOs are allowed (a root filesystem has them; a release tarball must not).
     pub allow_devices: bool,
+    /// setuid/setgid files are allowed (a root filesystem has `su` and `passwd`; a release or
+    /// JDK tarball has no business granting root to whoever runs a file).
+    pub allow_setid: bool,
 }
 
 /// Reads the entries of an uncompressed tar FILE without extracting it: contents stay in the
 /// file and are referenced by offset. Enforces `policy` and the path rules of the module docs.
+/// Refusals name the entry, not the file: the caller names the input as the user knows it (the
+/// recipe's path or URL, not a copy in the cache).
 pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
     let file = Arc::new(path.to_path_buf());
     let f = File::open(path).with_context(|| format!("opening {path:?}"))?;
@@ -35,12 +40,11 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
     {
         let mut ent = match item {
             Ok(e) => e,
-            Err(e) => crate::bad!("{path:?}: {e}: not a tar archive, or a truncated one"),
+            Err(e) => crate::bad!("{e}: not a tar archive, or a truncated one"),
         };
         let raw_path = String::from_utf8(ent.path_bytes().into_owned())
-            .map_err(|_| anyhow::anyhow!("{path:?}: an entry name is not UTF-8"))?;
-        let Some(rel) =
-            clean_tar_path(&raw_path).with_context(|| format!("{path:?}: entry {raw_path:?}"))?
+            .map_err(|_| anyhow::anyhow!("an entry name is not UTF-8"))?;
+        let Some(rel) = clean_tar_path(&raw_path).with_context(|| format!("entry {raw_path:?}"))?
         else {
             continue; // the root directory itself
         };
@@ -49,14 +53,20 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
         let mut prefix = rel.as_str();
         while let Some((parent, _)) = prefix.rsplit_once('/') {
             if symlinks.contains(parent) {
-                crate::bad!(
-                    "{path:?}: entry {raw_path:?} passes through the symlink {parent:?}; refused"
-                );
+                crate::bad!("entry {raw_path:?} passes through the symlink {parent:?}; refused");
             }
             prefix = parent;
         }
         let hdr = ent.header();
         let mode = hdr.mode().unwrap_or(0o644) & 0o7777;
+        if !policy.allow_setid && mode & 0o6000 != 0 && hdr.entry_type().is_file() {
+            crate::bad!(
+                "entry {raw_path:?} is set{}id (mode {mode:04o}); refused in this \
+                 tarball: a release or JDK has no setuid files (set the bit at boot if a daemon \
+                 really needs it)",
+                if mode & 0o4000 != 0 { "u" } else { "g" }
+            );
+        }
         let uid = hdr.uid().unwrap_or(0) as u32;
         let gid = hdr.gid().unwrap_or(0) as u32;
         let link = ent
@@ -73,20 +83,18 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
             tar::EntryType::Symlink => {
                 let t = link
                     .filter(|t| !t.is_empty())
-                    .with_context(|| format!("{path:?}: symlink {raw_path:?} has no target"))?;
+                    .with_context(|| format!("symlink {raw_path:?} has no target"))?;
                 symlinks.insert(rel.clone());
                 Kind::Symlink(t)
             }
             tar::EntryType::Link => {
                 let t = link.unwrap_or_default();
                 let Some(target) = clean_tar_path(&t).ok().flatten() else {
-                    crate::bad!(
-                        "{path:?}: hard link {raw_path:?} points outside the tree ({t:?}); refused"
-                    );
+                    crate::bad!("hard link {raw_path:?} points outside the tree ({t:?}); refused");
                 };
                 if !seen.contains_key(&target) {
                     crate::bad!(
-                        "{path:?}: hard link {raw_path:?} points at {t:?}, which is not an earlier entry of the archive; refused"
+                        "hard link {raw_path:?} points at {t:?}, which is not an earlier entry of the archive; refused"
                     );
                 }
                 Kind::Hardlink(target)
@@ -94,7 +102,7 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 if !policy.allow_devices {
                     crate::bad!(
-                        "{path:?}: entry {raw_path:?} is a device node or FIFO; refused in this tarball"
+                        "entry {raw_path:?} is a device node or FIFO; refused in this tarball"
                     );
                 }
                 let maj = hdr.device_major().ok().flatten().unwrap_or(0);
@@ -106,7 +114,7 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
                 }
             }
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
-            other => crate::bad!("{path:?}: entry {raw_path:?} has unsupported type {other:?}"),
+            other => crate::bad!("entry {raw_path:?} has unsupported type {other:?}"),
         };
         let mut xattrs = Vec::new();
         if let Some(exts) = ent.pax_extensions()? {

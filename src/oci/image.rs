@@ -40,8 +40,8 @@ pub fn rfc3339(epoch: u64) -> String {
 /// What an image is made of.
 #[derive(Debug, Clone)]
 pub struct ImageSpec {
+    /// `recipe:tag`: the image's `org.opencontainers.image.ref.name` and `io.strata.image.name`.
     pub name: String,
-    pub tag: String,
     pub layers: Vec<LayerRecord>,
     pub env: Vec<String>,
     pub cmd: Option<Vec<String>>,
@@ -59,6 +59,8 @@ pub struct WrittenImage {
     pub manifest: BlobInfo,
     pub config: BlobInfo,
     pub index_entry: Descriptor,
+    /// Blobs that were in the store with the wrong bytes and have been rewritten.
+    pub repaired: Vec<oci_spec::image::Digest>,
 }
 
 /// Writes an image's config and manifest blobs; returns its index entry.
@@ -107,7 +109,11 @@ pub fn write_image(store: &Store, spec: &ImageSpec) -> Result<WrittenImage> {
         )
         .history(history)
         .build()?;
-    let config_blob = store.put_blob(&canonical_json(&config)?)?;
+    let mut repaired = Vec::new();
+    let (config_blob, fixed) = store.put_blob_checked(&canonical_json(&config)?)?;
+    if fixed {
+        repaired.push(config_blob.digest.clone());
+    }
     let layers = spec
         .layers
         .iter()
@@ -134,7 +140,10 @@ pub fn write_image(store: &Store, spec: &ImageSpec) -> Result<WrittenImage> {
         .layers(layers)
         .annotations(annotations)
         .build()?;
-    let manifest_blob = store.put_blob(&canonical_json(&manifest)?)?;
+    let (manifest_blob, fixed) = store.put_blob_checked(&canonical_json(&manifest)?)?;
+    if fixed {
+        repaired.push(manifest_blob.digest.clone());
+    }
     let index_entry = DescriptorBuilder::default()
         .media_type(MediaType::ImageManifest)
         .digest(manifest_blob.digest.clone())
@@ -146,7 +155,7 @@ pub fn write_image(store: &Store, spec: &ImageSpec) -> Result<WrittenImage> {
                 .build()?,
         )
         .annotations(HashMap::from([
-            (ANNOTATION_REF_NAME.to_string(), spec.tag.clone()),
+            (ANNOTATION_REF_NAME.to_string(), spec.name.clone()),
             (ANNOTATION_IMAGE_NAME.to_string(), spec.name.clone()),
         ]))
         .build()?;
@@ -154,6 +163,7 @@ pub fn write_image(store: &Store, spec: &ImageSpec) -> Result<WrittenImage> {
         manifest: manifest_blob,
         config: config_blob,
         index_entry,
+        repaired,
     })
 }
 

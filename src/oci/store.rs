@@ -9,37 +9,55 @@
 //! │                             renamed into place
 //! ├── blobs/sha256/.tmp-*       an interrupted write (ignored by readers, removed by the next
 //! │                             build and by `gc`)
-//! └── .strata.lock              exclusive lock held by `build` and `gc`
+//! ├── .strata.lock              exclusive lock held by `build` and `gc`
+//! ├── disks/                    qcow2 disks, their records and boot tests (`oci::disks`)
+//! ├── publications.json         every publish to Glance (`oci::disks`)
+//! └── smoke/<recipe>_<ver>.json the last `strata run --smoke` of an image (`oci::smoke`)
 //! ```
 //!
-//! Every index entry carries `org.opencontainers.image.ref.name` (the tag, e.g. `3.3.6`, which
-//! skopeo's `oci:DIR:TAG` and umoci's `--image DIR:TAG` accept) and `io.strata.image.name` (the
-//! full name, `hadoop-lab:3.3.6`). The index's own annotations name the store record
-//! (`io.strata.record`, a JSON blob: the recipe's settings for later commands, each image's
-//! layers by name, the base's package list) and the git revision that built it.
+//! Every index entry carries `org.opencontainers.image.ref.name` and `io.strata.image.name`,
+//! both the full name `recipe:version` (`hadoop-lab:3.3.6`, `hadoop-lab:base`). A store holds
+//! images of several recipes, so the version alone would be ambiguous (umoci refuses such a
+//! store's tag, skopeo silently takes one); the full name is unique in a store, is a valid OCI
+//! `ref.name` (`:` is one of its separators) and a valid Docker reference (recipe names are
+//! Docker repository names). skopeo and umoci split `DIR:REF` at the first colon, so
+//! `skopeo inspect oci:out:hadoop-lab:3.3.6` and `umoci unpack --image out:hadoop-lab:3.3.6`
+//! address one image. strata's own commands also take the bare version when it is unambiguous,
+//! as stores written before this naming had it. The index's own annotations name the store
+//! record (`io.strata.record`, a JSON blob: the recipe's settings for later commands, each
+//! image's layers by name, the base's package list) and the git revision that built it.
 //!
 //! Commit order: blobs, one directory fsync, then `index.json` by rename. A reader therefore never
 //! sees an index naming a missing blob, and a killed build leaves the previous index in force.
+//!
+//! Nothing on disk is trusted: a layer comes in by [`Store::copy_blob_in`] (a copy, hashed before
+//! it is renamed into place; never a hard link to the cache), a small blob by
+//! [`Store::put_blob_checked`] (which replaces one of the right size but other bytes), and
+//! manifests, configs and the record are hashed before they are parsed
+//! ([`Store::read_blob_checked`]): a damaged one is a `Damaged` error (exit 4), never followed.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use oci_spec::image::{Digest, ImageIndex, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::oci::record::StoreRecord;
+use crate::support::error::Damaged;
 use crate::support::failpoint;
 use crate::support::fsx::{TMP_PREFIX, atomic_write, sync_dir};
-use crate::support::hash::{canonical_json, sha256_digest, sha256_of};
+use crate::support::hash::{canonical_json, hash_reader, sha256_digest, sha256_of};
 
 pub const OCI_LAYOUT: &str = "oci-layout";
 pub const INDEX_JSON: &str = "index.json";
 pub const BLOBS: &str = "blobs/sha256";
 pub const LOCK_FILE: &str = ".strata.lock";
+/// What `oci-layout` holds.
+pub const LAYOUT_BYTES: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// Index-entry annotation with the full image name.
 pub const ANNOTATION_IMAGE_NAME: &str = "io.strata.image.name";
 /// Index annotation naming the store record blob.
@@ -128,18 +146,43 @@ impl Store {
         })
     }
 
-    /// Writes `oci-layout` if missing (call with the lock held).
+    /// Writes `oci-layout` if missing or not what it must be (call with the lock held).
     pub fn ensure_layout(&self) -> Result<()> {
         let layout = self.root.join(OCI_LAYOUT);
-        if !layout.exists() {
-            atomic_write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        if fs::read(&layout).is_ok_and(|b| b == LAYOUT_BYTES) {
+            return Ok(());
         }
-        Ok(())
+        if layout.is_dir() {
+            fs::remove_dir_all(&layout).with_context(|| format!("removing {layout:?}"))?;
+        }
+        atomic_write(&layout, LAYOUT_BYTES)
+    }
+
+    /// Whether `oci-layout` says what an OCI image layout's must (`imageLayoutVersion` 1.x).
+    pub fn layout_problem(&self) -> Option<String> {
+        let layout = self.root.join(OCI_LAYOUT);
+        let v: serde_json::Value = match fs::read(&layout)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(serde_json::from_slice(&b)?))
+        {
+            Ok(v) => v,
+            Err(e) => return Some(format!("{}: {e}", layout.display())),
+        };
+        match v.get("imageLayoutVersion").and_then(|v| v.as_str()) {
+            Some(ver) if ver.starts_with("1.") => None,
+            _ => Some(format!(
+                "{}: no \"imageLayoutVersion\": \"1.0.0\" in it",
+                layout.display()
+            )),
+        }
     }
 
     /// Opens an existing store; a clear error if there is none.
     pub fn open(root: &Path) -> Result<Store> {
-        if !root.join(OCI_LAYOUT).is_file() || !root.join(INDEX_JSON).is_file() {
+        // A damaged `oci-layout` or `index.json` (garbage, a directory, one of them deleted) is
+        // for `verify` to report (exit 4), not a reason to call the directory no store.
+        let exists = |name: &str| fs::symlink_metadata(root.join(name)).is_ok();
+        if !exists(OCI_LAYOUT) && !exists(INDEX_JSON) {
             return Err(crate::support::error::BadInput(format!(
                 "{} is not a strata store (no oci-layout/index.json): run `strata build -o {}` first",
                 root.display(),
@@ -187,67 +230,96 @@ impl Store {
         Ok(StoreLock { _file: f })
     }
 
-    /// Removes temp files left by an interrupted write (call with the lock held).
-    pub fn clean_temp(&self) -> Result<u64> {
-        let mut n = 0;
+    /// The temp files left by interrupted writes (in `blobs/sha256` and at the root).
+    pub fn temp_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
         for dir in [self.blob_dir(), self.root.clone()] {
             let Ok(rd) = fs::read_dir(&dir) else { continue };
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                    crate::support::fsx::remove_file(&e.path())?;
-                    n += 1;
+                    out.push(e.path());
                 }
             }
+        }
+        out
+    }
+
+    /// Removes temp files left by an interrupted write (call with the lock held).
+    pub fn clean_temp(&self) -> Result<u64> {
+        let mut n = 0;
+        for p in self.temp_files() {
+            crate::support::fsx::remove_file(&p)?;
+            n += 1;
         }
         Ok(n)
     }
 
-    /// Writes a small blob (config, manifest, record) unless present.
-    pub fn put_blob(&self, data: &[u8]) -> Result<BlobInfo> {
+    /// Writes a small blob (config, manifest, record) unless present with these very bytes: a
+    /// blob of the right size but other bytes (damaged on disk) is replaced. Returns the blob and
+    /// whether it replaced a damaged one.
+    pub fn put_blob_checked(&self, data: &[u8]) -> Result<(BlobInfo, bool)> {
         let digest = sha256_of(data);
         let size = data.len() as u64;
-        if !self.has_blob(&digest, size) {
-            let mut w = BlobWriter::new(&self.blob_dir())?;
-            w.write_all(data)?;
-            w.flush()?;
-            failpoint::hit("store-blob");
-            let info = w.commit()?;
-            debug_assert_eq!(info.digest, digest);
+        let path = self.blob_path(&digest);
+        let present = fs::symlink_metadata(&path).ok();
+        if present
+            .as_ref()
+            .is_some_and(|m| m.is_file() && m.len() == size)
+            && fs::read(&path).is_ok_and(|old| old == data)
+        {
+            return Ok((BlobInfo { digest, size }, false));
         }
-        Ok(BlobInfo { digest, size })
+        self.make_room(&path)?;
+        let mut w = BlobWriter::new(&self.blob_dir())?;
+        w.write_all(data)?;
+        w.flush()?;
+        failpoint::hit("store-blob");
+        let info = w.commit()?;
+        debug_assert_eq!(info.digest, digest);
+        Ok((BlobInfo { digest, size }, present.is_some()))
     }
 
-    /// Adds a blob from another file (the layer cache), by hard link when it can, else by copy;
-    /// verifies the digest of a copy.
-    pub fn import_blob(&self, src: &Path, info: &BlobInfo) -> Result<()> {
-        if self.has_blob(&info.digest, info.size) {
-            return Ok(());
+    /// Something that is not a blob file where a blob goes (a directory, a symlink) is removed so
+    /// the blob can be renamed into place.
+    fn make_room(&self, path: &Path) -> Result<()> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(path)
+                .with_context(|| format!("removing the directory {path:?} where a blob goes")),
+            Ok(m) if !m.is_file() => crate::support::fsx::remove_file(path),
+            _ => Ok(()),
         }
+    }
+
+    /// Copies a blob in from another file (the layer cache) and replaces whatever is at its
+    /// name (call it when the store's copy is missing or damaged). Never a hard link: the store
+    /// and the cache share no file, so damage in one cannot reach the other. The copy is
+    /// `std::fs::copy` (`copy_file_range`: a reflink, no extra disk, on btrfs and XFS; an
+    /// in-kernel copy elsewhere), then hashed: a copy whose bytes do not have `info`'s digest and
+    /// size is refused, and nothing is renamed into place.
+    pub fn copy_blob_in(&self, src: &Path, info: &BlobInfo) -> Result<()> {
         let dest = self.blob_path(&info.digest);
-        let tmp = self
-            .blob_dir()
-            .join(format!("{TMP_PREFIX}link-{}", info.digest.digest()));
-        let _ = fs::remove_file(&tmp);
-        if fs::hard_link(src, &tmp).is_ok() {
-            crate::support::fsx::rename(&tmp, &dest)?;
-            return Ok(());
+        let tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(self.blob_dir())
+            .with_context(|| format!("creating a temp file in {:?}", self.blob_dir()))?;
+        fs::copy(src, tmp.path())
+            .with_context(|| format!("copying {src:?} into {:?}", self.blob_dir()))?;
+        let f = tmp.reopen()?;
+        let (digest, size) = hash_reader(io::BufReader::with_capacity(1 << 20, &f))
+            .with_context(|| format!("reading back {:?}", tmp.path()))?;
+        if digest != info.digest || size != info.size {
+            return Err(Damaged(vec![format!(
+                "the blob {src:?} is corrupt: expected {} ({} bytes), found {digest} ({size} bytes)",
+                info.digest, info.size,
+            )])
+            .into());
         }
-        let mut w = BlobWriter::new(&self.blob_dir())?;
-        io::copy(
-            &mut File::open(src).with_context(|| format!("opening {src:?}"))?,
-            &mut w,
-        )?;
-        let got = w.commit()?;
-        if got != *info {
-            let _ = fs::remove_file(self.blob_path(&got.digest));
-            bail!(
-                "cached blob {src:?} is corrupt: expected {} ({} bytes), found {} ({} bytes)",
-                info.digest,
-                info.size,
-                got.digest,
-                got.size
-            );
-        }
+        f.sync_all()
+            .with_context(|| format!("syncing {:?}", tmp.path()))?;
+        failpoint::hit("store-copy");
+        self.make_room(&dest)?;
+        tmp.persist(&dest)
+            .with_context(|| format!("renaming blob into {dest:?}"))?;
         Ok(())
     }
 
@@ -256,15 +328,39 @@ impl Store {
         fs::read(&p).with_context(|| format!("reading blob {digest} ({p:?})"))
     }
 
+    /// Reads a small blob (manifest, config, record) and checks its digest: a damaged one is a
+    /// [`Damaged`] error (exit 4), never parsed and followed.
+    pub fn read_blob_checked(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let data = self
+            .read_blob(digest)
+            .map_err(|e| Damaged(vec![format!("{e:#}")]))?;
+        let got = sha256_of(&data);
+        if got != *digest {
+            return Err(Damaged(vec![format!(
+                "blob {digest} is corrupt (its bytes hash to {got}): run `strata verify --repair`"
+            )])
+            .into());
+        }
+        Ok(data)
+    }
+
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
         let p = self.blob_path(digest);
         File::open(&p).with_context(|| format!("opening blob {digest} ({p:?})"))
     }
 
+    /// The index; one that cannot be read or parsed is a [`Damaged`] error (exit 4).
     pub fn read_index(&self) -> Result<ImageIndex> {
         let p = self.root.join(INDEX_JSON);
-        let data = fs::read(&p).with_context(|| format!("reading {p:?}"))?;
-        serde_json::from_slice(&data).with_context(|| format!("parsing {p:?}"))
+        let data = fs::read(&p).map_err(|e| Damaged(vec![format!("reading {p:?}: {e}")]))?;
+        serde_json::from_slice(&data).map_err(|e| {
+            Damaged(vec![format!(
+                "{} cannot be parsed ({e}): restore it from a backup, or move it aside and \
+                 rebuild every recipe of the store",
+                p.display()
+            )])
+            .into()
+        })
     }
 
     /// Writes index.json atomically, after syncing the blob directory. Skips the write when the
@@ -289,7 +385,7 @@ impl Store {
     }
 
     pub fn read_manifest(&self, digest: &Digest) -> Result<ImageManifest> {
-        let data = self.read_blob(digest)?;
+        let data = self.read_blob_checked(digest)?;
         serde_json::from_slice(&data).with_context(|| format!("parsing manifest {digest}"))
     }
 
@@ -305,7 +401,7 @@ impl Store {
         let digest: Digest = d
             .parse()
             .with_context(|| format!("bad record digest {d:?}"))?;
-        let data = self.read_blob(&digest)?;
+        let data = self.read_blob_checked(&digest)?;
         StoreRecord::parse(&data, &digest)
     }
 
@@ -365,7 +461,7 @@ mod tests {
     fn blob_writer_names_blobs_by_digest() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::ensure(dir.path()).unwrap();
-        let info = store.put_blob(b"hello").unwrap();
+        let (info, _) = store.put_blob_checked(b"hello").unwrap();
         assert_eq!(
             info.digest.to_string(),
             "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"

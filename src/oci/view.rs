@@ -82,7 +82,7 @@ impl View {
     }
 
     pub fn config(&self, m: &ImageManifest) -> Result<ImageConfiguration> {
-        let data = self.store.read_blob(m.config().digest())?;
+        let data = self.store.read_blob_checked(m.config().digest())?;
         serde_json::from_slice(&data)
             .with_context(|| format!("parsing config {}", m.config().digest()))
     }

@@ -117,6 +117,10 @@ pub struct User {
     pub gid: u32,
     pub home: String,
     pub shell: String,
+    /// The base may already have this account (name, and the uid/gid it holds there): its lines
+    /// are replaced. Without it, a name, uid or gid the base already has is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reuse_existing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -107,7 +107,10 @@ pub struct RawHeader {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "\"all\" or a list of version strings such as [\"3.3.6\", \"3.4.1\"]"
+)]
 pub enum RawVersions {
     All(String),
     List(Vec<String>),
@@ -193,6 +196,8 @@ pub struct RawUser {
     pub home: Option<Spanned<String>>,
     #[serde(default)]
     pub shell: Option<Spanned<String>>,
+    #[serde(default)]
+    pub reuse_existing: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

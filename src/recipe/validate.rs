@@ -105,7 +105,7 @@ fn header(
             header.name.span(),
             "recipe.name",
             format!(
-                "{name:?} is not a valid image name (lowercase letters, digits, `-`, `.`, `_`)"
+                "{name:?} is not a valid image name: a Docker repository name, i.e. lowercase letters and digits joined by single `.`, `_`, `__` or dashes (e.g. hadoop-lab)"
             ),
         ));
     }
@@ -305,11 +305,11 @@ fn jdk(
             ));
         }
     };
-    if !j.java_home.starts_with('/') {
+    if !j.java_home.starts_with('/') || j.java_home.split('/').any(|c| c == "..") {
         return Err(cx.err(
             rj.span(),
             &format!("{key}.java-home"),
-            "must be an absolute path in the image",
+            "must be an absolute path in the image, without '..'",
         ));
     }
     Ok(Jdk {
@@ -470,6 +470,7 @@ fn user(cx: &Ctx, ru: Option<&RawUser>) -> Result<User, Located> {
         gid: id(ru.and_then(|u| u.gid.as_ref()), "user.gid")?,
         home,
         shell,
+        reuse_existing: ru.and_then(|u| u.reuse_existing).unwrap_or(false),
     })
 }
 
@@ -944,13 +945,31 @@ fn check_sha512(s: &str) -> Result<(), String> {
     }
 }
 
-/// Lowercase letters, digits, and `-._` not at the ends: valid in an OCI/Docker repository name.
+/// A Docker/OCI repository path component (distribution's grammar, at most 128 characters):
+/// runs of lowercase letters and digits joined by `.`, `_`, `__` or any number of `-`; so `a..b`,
+/// `a._b` and `a___b` are refused.
 pub fn valid_name_component(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+    if s.is_empty() || s.len() > 128 {
+        return false;
+    }
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let mut rest = s;
+    loop {
+        let run = rest.find(|c: char| !alnum(c)).unwrap_or(rest.len());
+        if run == 0 {
+            return false;
+        }
+        rest = &rest[run..];
+        if rest.is_empty() {
+            return true;
+        }
+        let sep = rest.find(alnum).unwrap_or(rest.len());
+        let ok = matches!(&rest[..sep], "." | "_" | "__") || rest[..sep].chars().all(|c| c == '-');
+        if !ok {
+            return false;
+        }
+        rest = &rest[sep..];
+    }
 }
 
 #[cfg(test)]
@@ -979,6 +998,18 @@ mod tests {
         let file = Path::new("recipes/t.toml");
         let raw = parse(file, src).unwrap_or_else(|e| panic!("parse: {e}\n{src}"));
         validate(file, src, &raw, root, &catalogue())
+    }
+
+    #[test]
+    fn versions_of_the_wrong_type_say_what_is_expected() {
+        let src = header_with("\"t\"", "3.3", "1");
+        let e = parse(Path::new("recipes/t.toml"), &src).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("recipes/t.toml:3"), "{msg}");
+        assert!(
+            msg.contains("\"all\" or a list of version strings") && !msg.contains("RawVersions"),
+            "{msg}"
+        );
     }
 
     /// A header of `name`, `versions` and `epoch` (lines 2-4) and an mmdebstrap `[base]`.
@@ -1182,6 +1213,16 @@ mod tests {
                 "jdk.j11.java-home",
                 7,
                 "must be an absolute path in the image",
+                None,
+            ),
+            (
+                "java-home with ..",
+                with(
+                    "[jdk.j11]\njava-version = 11\njava-home = \"/usr/../x\"\npackages = [\"x\"]\n",
+                ),
+                "jdk.j11.java-home",
+                7,
+                "without '..'",
                 None,
             ),
             (
@@ -1615,7 +1656,8 @@ mod tests {
                 uid: 1000,
                 gid: 1000,
                 home: "/home/hadoop".into(),
-                shell: "/bin/bash".into()
+                shell: "/bin/bash".into(),
+                reuse_existing: false,
             }
         );
         let Base::Mmdebstrap {
@@ -1830,5 +1872,10 @@ mod tests {
         assert!(valid_name_component("hadoop-lab"));
         assert!(!valid_name_component("Hadoop"));
         assert!(!valid_name_component("-x"));
+        assert!(valid_name_component("a--b.c_d__e"));
+        for bad in ["a..b", "a._b", "a___b", "a.", "a/b", "a:b", "é", ""] {
+            assert!(!valid_name_component(bad), "{bad:?}");
+        }
+        assert!(!valid_name_component(&"a".repeat(129)));
     }
 }

@@ -227,6 +227,26 @@ fn check_blobs(v: &View) -> Result<()> {
             }
         }
     }
+    // Each descriptor's size is its blob's: a tool that trusts the descriptor reads the wrong
+    // number of bytes otherwise.
+    for d in v.index.manifests() {
+        let mut sized = vec![(d.digest().clone(), d.size())];
+        if let Ok(m) = v.store.read_manifest(d.digest()) {
+            sized.push((m.config().digest().clone(), m.config().size()));
+            sized.extend(m.layers().iter().map(|l| (l.digest().clone(), l.size())));
+        }
+        for (digest, size) in sized {
+            let p = v.store.blob_path(&digest);
+            if let Ok(m) = std::fs::metadata(&p)
+                && m.len() != size
+            {
+                problems.push(format!(
+                    "blob {digest} is {} bytes, its descriptor says {size}",
+                    m.len()
+                ));
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {

@@ -259,7 +259,7 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
     let old_recipes = record.recipes.clone();
     let mut pulled = Vec::new();
     for x in remotes {
-        let info = store.put_blob(&x.manifest)?;
+        let (info, _) = store.put_blob_checked(&x.manifest)?;
         debug_assert_eq!(info.digest, x.digest);
         let image = match &x.record {
             Some(d) => {
@@ -281,7 +281,6 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
                 format!("{last}:{tag}")
             }
         };
-        let tag = crate::oci::image::split_name(&name).1.to_string();
         let entry = DescriptorBuilder::default()
             .media_type(MediaType::ImageManifest)
             .digest(x.digest.clone())
@@ -293,7 +292,11 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
                     .build()?,
             )
             .annotations(std::collections::HashMap::from([
-                (oci_spec::image::ANNOTATION_REF_NAME.to_string(), tag),
+                // Both the full name, as a build writes them (`oci::store`).
+                (
+                    oci_spec::image::ANNOTATION_REF_NAME.to_string(),
+                    name.clone(),
+                ),
                 (ANNOTATION_IMAGE_NAME.to_string(), name.clone()),
             ]))
             .build()?;
@@ -309,7 +312,7 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
         });
     }
     same_settings(&old_recipes, &record, &pulled)?;
-    let record_blob = store.put_blob(&canonical_json(&record)?)?;
+    let (record_blob, _) = store.put_blob_checked(&canonical_json(&record)?)?;
     let mut annotations = old_index
         .as_ref()
         .and_then(|i| i.annotations().clone())

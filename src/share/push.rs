@@ -357,7 +357,7 @@ fn push_manifests(
     progress: &Progress,
 ) -> Result<PushedImage> {
     let digest = c.entry.digest().clone();
-    let bytes = view.store.read_blob(&digest)?;
+    let bytes = view.store.read_blob_checked(&digest)?;
     let media_type = c.entry.media_type().to_string();
     let immutable = format!("{}-{}", c.tag, &digest.digest()[..12]);
     let immutable = if crate::registry::reference::valid_tag(&immutable) {

@@ -6,7 +6,7 @@
 //! With `[ssh] deliver = "boot"` the private key is left out, and what installs it at boot is
 //! added instead ([`keys::boot_entries`]).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::layer::{Content, Entry};
@@ -59,22 +59,42 @@ impl BaseAccounts {
     }
 }
 
-/// Adds or checks a `name:...` line in an account database.
-fn merge_line(db: &str, name: &str, line: &str, id_field: Option<(usize, u32)>) -> Result<String> {
+/// Which account database a merge is for, to word its refusals.
+#[derive(Clone, Copy)]
+struct Db {
+    file: &'static str,
+    /// The recipe key of the id field (`user.uid`, `user.gid`) and its index in a line.
+    id: Option<(&'static str, usize, u32)>,
+}
+
+/// Adds the recipe's `name:...` line to an account database. A line of the same name, or another
+/// name holding the same id, is refused (bad input) unless `reuse` allows the same name (and the
+/// id it holds there): its line is then replaced. An id held by another name is always refused.
+fn merge_line(db: &str, name: &str, line: &str, at: Db, reuse: bool) -> Result<String> {
     let mut out = String::new();
     let mut present = false;
     for l in db.lines() {
         let fields: Vec<&str> = l.split(':').collect();
         if fields.first() == Some(&name) {
+            if !reuse {
+                crate::bad!(
+                    "[user] name = {name:?}: the base's {} already has this account; choose \
+                     another name, or set `reuse-existing = true` in [user] to take it over (its \
+                     line is replaced)",
+                    at.file
+                );
+            }
             present = true;
             out.push_str(line);
         } else {
-            if let Some((idx, id)) = id_field
+            if let Some((key, idx, id)) = at.id
                 && fields.get(idx).and_then(|f| f.parse::<u32>().ok()) == Some(id)
             {
-                bail!(
-                    "id {id} already belongs to {:?} in the base; choose another uid/gid in [user]",
-                    fields[0]
+                crate::bad!(
+                    "[user] {} = {id}: already belongs to {:?} in the base's {}; choose another",
+                    key.trim_start_matches("user."),
+                    fields[0],
+                    at.file
                 );
             }
             out.push_str(l);
@@ -117,7 +137,11 @@ pub fn entries(
                     "{n}:x:{}:{}:Hadoop:{}:{}",
                     user.uid, user.gid, user.home, user.shell
                 ),
-                Some((2, user.uid)),
+                Db {
+                    file: "/etc/passwd",
+                    id: Some(("user.uid", 2, user.uid)),
+                },
+                user.reuse_existing,
             )?,
         ),
         file(
@@ -127,7 +151,11 @@ pub fn entries(
                 &group.text,
                 n,
                 &format!("{n}:x:{}:", user.gid),
-                Some((2, user.gid)),
+                Db {
+                    file: "/etc/group",
+                    id: Some(("user.gid", 2, user.gid)),
+                },
+                user.reuse_existing,
             )?,
         ),
     ];
@@ -136,14 +164,32 @@ pub fn entries(
         out.push(file(
             "etc/shadow",
             shadow,
-            merge_line(&shadow.text, n, &format!("{n}:*:{days}:0:99999:7:::"), None)?,
+            merge_line(
+                &shadow.text,
+                n,
+                &format!("{n}:*:{days}:0:99999:7:::"),
+                Db {
+                    file: "/etc/shadow",
+                    id: None,
+                },
+                true,
+            )?,
         ));
     }
     if let Some(gshadow) = &base.gshadow {
         out.push(file(
             "etc/gshadow",
             gshadow,
-            merge_line(&gshadow.text, n, &format!("{n}:!::"), None)?,
+            merge_line(
+                &gshadow.text,
+                n,
+                &format!("{n}:!::"),
+                Db {
+                    file: "/etc/gshadow",
+                    id: None,
+                },
+                true,
+            )?,
         ));
     }
     let home = user.home.trim_start_matches('/');
@@ -186,26 +232,33 @@ fn file(path: &str, like: &AccountFile, text: String) -> Entry {
 mod tests {
     use super::*;
 
+    const PASSWD: Db = Db {
+        file: "/etc/passwd",
+        id: Some(("user.uid", 2, 1000)),
+    };
+
     #[test]
-    fn merge_appends_and_refuses_taken_ids() {
+    fn merge_appends_and_refuses_taken_names_and_ids() {
         let db = "root:x:0:0:root:/root:/bin/bash\n";
-        let m = merge_line(
-            db,
-            "hadoop",
-            "hadoop:x:1000:1000::/home/hadoop:/bin/bash",
-            Some((2, 1000)),
-        )
-        .unwrap();
-        assert_eq!(m.lines().count(), 2);
-        assert!(merge_line(db, "hadoop", "hadoop:x:0:0::/:/bin/sh", Some((2, 0))).is_err());
-        // Idempotent: an existing line is replaced, not duplicated.
-        let again = merge_line(
-            &m,
-            "hadoop",
-            "hadoop:x:1000:1000::/home/hadoop:/bin/bash",
-            Some((2, 1000)),
-        )
-        .unwrap();
-        assert_eq!(again, m);
+        let line = "hadoop:x:1000:1000::/home/hadoop:/bin/bash";
+        let m = merge_line(db, "hadoop", line, PASSWD, false).unwrap();
+        assert_eq!(m, format!("{db}{line}\n"));
+        let root = Db {
+            id: Some(("user.uid", 2, 0)),
+            ..PASSWD
+        };
+        let e = merge_line(db, "hadoop", "hadoop:x:0:0::/:/bin/sh", root, true).unwrap_err();
+        assert!(e.is::<crate::support::error::BadInput>(), "{e:#}");
+        assert!(
+            format!("{e}").contains("uid = 0: already belongs to \"root\""),
+            "{e}"
+        );
+        // A name the base has: refused unless reuse-existing, then replaced, not duplicated.
+        let e = merge_line(&m, "hadoop", line, PASSWD, false).unwrap_err();
+        assert!(format!("{e}").contains("reuse-existing = true"), "{e}");
+        assert_eq!(merge_line(&m, "hadoop", line, PASSWD, true).unwrap(), m);
+        // reuse-existing does not let the user take another account's id.
+        let other = "other:x:1000:1000::/:/bin/sh\n";
+        assert!(merge_line(other, "hadoop", line, PASSWD, true).is_err());
     }
 }

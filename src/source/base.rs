@@ -187,7 +187,10 @@ pub fn ensure_base(
         }
         Base::Oci { .. } => bail!("an OCI base has no rootfs tarball"),
     }
-    let entries = read_rootfs(&rootfs, epoch)?;
+    let entries = read_rootfs(&rootfs, epoch).with_context(|| match base {
+        Base::Tarball { path, .. } => format!("reading the base tarball {}", path.display()),
+        _ => format!("reading the root filesystem {}", rootfs.display()),
+    })?;
     let info = BaseInfo {
         packages: dpkg_packages(&entries)?,
         accounts: BaseAccounts::from_entries(&entries)?,
@@ -252,9 +255,9 @@ pub fn read_rootfs(tar: &Path, epoch: u64) -> Result<Vec<Entry>> {
         tar,
         TarPolicy {
             allow_devices: true,
+            allow_setid: true,
         },
-    )
-    .with_context(|| format!("reading root filesystem {}", tar.display()))?;
+    )?;
     let mut entries = normalize_rootfs(entries, epoch)?;
     layer::relink_hardlinks(&mut entries)?;
     layer::normalize(entries)
@@ -464,8 +467,10 @@ pub fn disk_entries(
             progress,
         )?;
     }
-    let lower = read_rootfs(&lower_tar, epoch)?;
-    let upper_entries = read_rootfs(&upper, epoch)?;
+    let lower = read_rootfs(&lower_tar, epoch)
+        .with_context(|| format!("reading the root filesystem {}", lower_tar.display()))?;
+    let upper_entries = read_rootfs(&upper, epoch)
+        .with_context(|| format!("reading the root filesystem {}", upper.display()))?;
     let lower_pk: BTreeMap<_, _> = dpkg_packages(&lower)?.into_iter().collect();
     let packages = dpkg_packages(&upper_entries)?
         .into_iter()
@@ -499,8 +504,11 @@ pub fn jdk_entries(
                 epoch,
                 progress,
             )?;
-            let lower = read_rootfs(&prepared.rootfs, epoch)?;
-            let upper_entries = read_rootfs(&upper, epoch)?;
+            let lower = read_rootfs(&prepared.rootfs, epoch).with_context(|| {
+                format!("reading the root filesystem {}", prepared.rootfs.display())
+            })?;
+            let upper_entries = read_rootfs(&upper, epoch)
+                .with_context(|| format!("reading the root filesystem {}", upper.display()))?;
             let lower_pk: BTreeMap<_, _> = prepared.info.packages.iter().cloned().collect();
             packages = dpkg_packages(&upper_entries)?
                 .into_iter()

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha512};
@@ -20,6 +21,23 @@ use crate::recipe::Origin;
 use crate::support::fsx::TMP_PREFIX;
 use crate::support::progress::Progress;
 
+/// Seconds to wait for a connection to a download server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Seconds a download may go without a byte (before the answer's headers, or between reads of its
+/// body) before the try is abandoned. `STRATA_READ_TIMEOUT` overrides it (the tests use 1-2 s).
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries per download: a silent or stalled server fails the build within about two minutes
+/// (3 × 30 s plus the pauses between tries).
+const TRIES: u32 = 3;
+
+fn read_timeout() -> Duration {
+    std::env::var("STRATA_READ_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map_or(READ_TIMEOUT, Duration::from_secs)
+}
+
 /// Returns the verified download of `origin` from the cache, fetching it if needed.
 pub fn fetch(cache: &Cache, origin: &Origin, sha512: &str, progress: &Progress) -> Result<PathBuf> {
     let dir = cache.root.join("downloads/sha512");
@@ -27,43 +45,15 @@ pub fn fetch(cache: &Cache, origin: &Origin, sha512: &str, progress: &Progress) 
     if dest.is_file() {
         return Ok(dest);
     }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TMP_PREFIX)
-        .tempfile_in(&dir)?;
     let task = progress.task(format!("fetching {origin}"), None);
-    let mut hasher = Sha512::new();
-    {
-        let mut reader: Box<dyn Read> = match origin {
-            Origin::Path(p) => {
-                Box::new(File::open(p).with_context(|| format!("opening {}", p.display()))?)
-            }
-            Origin::Url(u) if u.starts_with("file://") => {
-                let p = &u["file://".len()..];
-                Box::new(File::open(p).with_context(|| format!("opening {p}"))?)
-            }
-            Origin::Url(u) => {
-                let resp = ureq::get(u)
-                    .call()
-                    .with_context(|| format!("downloading {u}"))?;
-                Box::new(resp.into_body().into_reader())
-            }
-        };
-        let mut buf = vec![0u8; 1 << 20];
-        let out = tmp.as_file_mut();
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .with_context(|| format!("reading {origin}"))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
-            task.inc(n as u64);
+    let (tmp, found) = match origin {
+        Origin::Path(p) => copy_hashed(&dir, &crate::support::fsx::open_input(p)?, origin, &task)?,
+        Origin::Url(u) if u.starts_with("file://") => {
+            let p = Path::new(&u["file://".len()..]);
+            copy_hashed(&dir, &crate::support::fsx::open_input(p)?, origin, &task)?
         }
-        out.sync_all()?;
-    }
-    let found = hex::encode(hasher.finalize());
+        Origin::Url(u) => download(&dir, u, &task)?,
+    };
     if found != sha512 {
         task.finish("checksum mismatch");
         return Err(ChecksumMismatch {
@@ -77,6 +67,113 @@ pub fn fetch(cache: &Cache, origin: &Origin, sha512: &str, progress: &Progress) 
     tmp.persist(&dest)?;
     task.finish("verified");
     Ok(dest)
+}
+
+/// Copies a local file into a temp file in `dir`, hashing it.
+fn copy_hashed(
+    dir: &Path,
+    file: &File,
+    origin: &Origin,
+    task: &crate::support::progress::Task,
+) -> Result<(tempfile::NamedTempFile, String)> {
+    let mut tmp = temp_in(dir)?;
+    let hex = stream(&mut &*file, tmp.as_file_mut(), task)
+        .with_context(|| format!("reading {origin}"))?;
+    Ok((tmp, hex))
+}
+
+/// Downloads `url` into a temp file in `dir` with bounded waits: [`TRIES`] tries, each with a
+/// connect timeout and a read timeout that fires when the server goes quiet, whether before its
+/// answer or in the middle of the body. A 4xx answer is not retried. (reqwest's blocking client
+/// has no idle timeout, only a whole-request one, which a large release would outlast: the async
+/// client on a one-thread runtime does.)
+fn download(
+    dir: &Path,
+    url: &str,
+    task: &crate::support::progress::Task,
+) -> Result<(tempfile::NamedTempFile, String)> {
+    let read = read_timeout();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the download runtime")?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(read)
+        .build()
+        .context("making the HTTP client")?;
+    let mut last = None;
+    for attempt in 1..=TRIES {
+        if attempt > 1 {
+            std::thread::sleep(Duration::from_secs(1 << (attempt - 2)));
+        }
+        let mut tmp = temp_in(dir)?;
+        match rt.block_on(download_once(&client, url, tmp.as_file_mut(), task)) {
+            Ok(hex) => return Ok((tmp, hex)),
+            Err(e) => {
+                let status = e.downcast_ref::<reqwest::Error>().and_then(|e| e.status());
+                if status.is_some_and(|s| s.is_client_error()) {
+                    return Err(e).with_context(|| format!("downloading {url}"));
+                }
+                last = Some(e);
+            }
+        }
+    }
+    let e = last.expect("at least one try");
+    Err(e).with_context(|| {
+        format!(
+            "downloading {url}: gave up after {TRIES} tries (connect timeout {}s, {}s without a \
+             byte); check that the server answers, or download the file and give its path",
+            CONNECT_TIMEOUT.as_secs(),
+            read.as_secs()
+        )
+    })
+}
+
+async fn download_once(
+    client: &reqwest::Client,
+    url: &str,
+    out: &mut File,
+    task: &crate::support::progress::Task,
+) -> Result<String> {
+    let mut resp = client.get(url).send().await?.error_for_status()?;
+    let mut hasher = Sha512::new();
+    while let Some(chunk) = resp.chunk().await? {
+        hasher.update(&chunk);
+        out.write_all(&chunk)?;
+        task.inc(chunk.len() as u64);
+    }
+    out.sync_all()?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile> {
+    crate::support::fsx::create_dir_all(dir)?;
+    tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))
+}
+
+/// Copies `reader` to `out` (synced), returning the hex SHA-512 of what passed.
+fn stream(
+    reader: &mut dyn Read,
+    out: &mut File,
+    task: &crate::support::progress::Task,
+) -> io::Result<String> {
+    let mut hasher = Sha512::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        task.inc(n as u64);
+    }
+    out.sync_all()?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// The uncompressed tar of a verified download (gzip, zstd or plain), made once.
@@ -127,6 +224,7 @@ pub fn tarball_entries(
         &tar,
         crate::layer::TarPolicy {
             allow_devices: false,
+            allow_setid: false,
         },
     )
     .with_context(|| format!("{what} {origin}"))

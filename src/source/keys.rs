@@ -330,6 +330,7 @@ mod tests {
             gid: 1000,
             home: home.into(),
             shell: "/bin/sh".into(),
+            reuse_existing: false,
         }
     }
 

@@ -67,7 +67,7 @@ struct LayerToml {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Omit {
     path: String,
-    when: String,
+    when: toml::Spanned<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -107,24 +107,26 @@ pub struct Context {
 /// Renders a layer directory into entries.
 pub fn render_dir(dir: &Path, cx: &Context) -> Result<Vec<Entry>> {
     let spec_path = dir.join(LAYER_TOML);
-    let spec = read_spec(&spec_path)?;
+    let (spec, spec_src) = read_spec(&spec_path)?;
     let tpl = Templates {
         env: template_env(),
         ctx: minijinja::Value::from_serialize(cx),
     };
     let attrs = Attrs::new(&spec, &spec_path, &cx.user)?;
     let mut entries = walk_root(dir, &attrs, &tpl)?;
-    apply_spec(&spec, &spec_path, &attrs, &tpl, &mut entries)?;
+    apply_spec(&spec, (&spec_path, &spec_src), &attrs, &tpl, &mut entries)?;
     Ok(entries)
 }
 
-/// `layer.toml`, or an empty one when the directory has none.
-fn read_spec(spec_path: &Path) -> Result<LayerToml> {
+/// `layer.toml` and its text, or an empty one when the directory has none.
+fn read_spec(spec_path: &Path) -> Result<(LayerToml, String)> {
     if !spec_path.exists() {
-        return Ok(LayerToml::default());
+        return Ok(Default::default());
     }
     let src = crate::support::error::read_text(spec_path, "layer spec")?;
-    Ok(toml::from_str(&src).map_err(|e| crate::support::error::toml_error(spec_path, &src, &e))?)
+    let spec =
+        toml::from_str(&src).map_err(|e| crate::support::error::toml_error(spec_path, &src, &e))?;
+    Ok((spec, src))
 }
 
 /// The template environment and what templates see.
@@ -238,7 +240,7 @@ fn walk_root(dir: &Path, attrs: &Attrs, tpl: &Templates) -> Result<Vec<Entry>> {
         if rel.as_os_str().is_empty() {
             continue;
         }
-        entries.push(root_entry(&item, rel, attrs, tpl)?);
+        entries.push(root_entry(&root, &item, rel, attrs, tpl)?);
     }
     Ok(entries)
 }
@@ -246,6 +248,7 @@ fn walk_root(dir: &Path, attrs: &Attrs, tpl: &Templates) -> Result<Vec<Entry>> {
 /// One item under `root/`: a directory, a symlink that stays inside the layer, a template
 /// (rendered, its suffix dropped) or a plain file (read later, at its path).
 fn root_entry(
+    root: &Path,
     item: &walkdir::DirEntry,
     rel: &Path,
     attrs: &Attrs,
@@ -261,7 +264,7 @@ fn root_entry(
     } else if ft.is_symlink() {
         let target = std::fs::read_link(item.path())
             .with_context(|| format!("reading the link {:?}", item.path()))?;
-        check_link_inside(rel, &target).with_context(|| {
+        check_link_inside(root, rel, &target).with_context(|| {
             format!(
                 "{} is a symlink to {}",
                 item.path().display(),
@@ -274,6 +277,13 @@ fn root_entry(
         Ok(Entry::symlink(rel_str, t))
     } else if ft.is_file() {
         if let Some(out) = rel_str.strip_suffix(TEMPLATE_SUFFIX) {
+            if out.is_empty() || out.ends_with('/') {
+                crate::bad!(
+                    "{}: a template needs a name before `{TEMPLATE_SUFFIX}` (the file it renders \
+                     to, e.g. `hosts{TEMPLATE_SUFFIX}`)",
+                    item.path().display()
+                );
+            }
             let src = std::fs::read_to_string(item.path())
                 .with_context(|| format!("reading template {}", item.path().display()))?;
             let text = tpl.render(item.path(), &src)?;
@@ -300,7 +310,7 @@ fn root_entry(
 /// them too), then `[[dir]]`s (which replace an entry at their path).
 fn apply_spec(
     spec: &LayerToml,
-    spec_path: &Path,
+    (spec_path, spec_src): (&Path, &str),
     attrs: &Attrs,
     tpl: &Templates,
     entries: &mut Vec<Entry>,
@@ -312,8 +322,14 @@ fn apply_spec(
         entries.push(Entry::symlink(&l.path, target.trim()));
     }
     for o in &spec.omit {
-        let test = format!("{{% if {} %}}omit{{% endif %}}", o.when);
-        if tpl.render(spec_path, &test)? == "omit" {
+        // Rendered on the line `when` sits on in layer.toml, so an error names that line.
+        let line = spec_src[..o.when.span().start].matches('\n').count();
+        let test = format!(
+            "{}{{% if {} %}}omit{{% endif %}}",
+            "\n".repeat(line),
+            o.when.get_ref()
+        );
+        if tpl.render(spec_path, &test)?.trim() == "omit" {
             entries.retain(|e| e.path != o.path && !e.path.starts_with(&format!("{}/", o.path)));
         }
     }
@@ -330,22 +346,64 @@ fn apply_spec(
     Ok(())
 }
 
-/// A symlink at `rel` (relative to the layer root) must resolve inside the layer root.
-fn check_link_inside(rel: &Path, target: &Path) -> Result<()> {
+/// Links followed while resolving one symlink before it counts as a loop (Linux's limit).
+const MAX_LINK_HOPS: usize = 40;
+
+/// A symlink at `rel` (relative to the layer's `root`) must resolve inside `root`, following the
+/// symlinks of the layer it passes through: a chain of relative links (`a/b -> ..`, then
+/// `c -> a/b/..`) that each look harmless can still climb out. What does not exist in the
+/// layer (it will come from a lower layer) is resolved by name.
+fn check_link_inside(root: &Path, rel: &Path, target: &Path) -> Result<()> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::path::Component;
+    /// One step of a path being resolved: up, or into a name (`.` is dropped).
+    fn steps(p: &Path) -> impl Iterator<Item = Option<OsString>> + '_ {
+        p.components().filter_map(|c| match c {
+            Component::ParentDir => Some(None),
+            Component::Normal(n) => Some(Some(n.to_os_string())),
+            _ => None,
+        })
+    }
     if target.is_absolute() {
         crate::bad!(
             "absolute symlinks would point at the build host here; declare it in layer.toml [[link]] instead; refused"
         );
     }
-    let mut depth: i64 = rel.components().count() as i64 - 1;
-    for c in target.components() {
-        match c {
-            std::path::Component::ParentDir => depth -= 1,
-            std::path::Component::Normal(_) => depth += 1,
-            _ => {}
+    let mut at: Vec<OsString> = rel
+        .parent()
+        .map(|p| p.iter().map(|c| c.to_os_string()).collect())
+        .unwrap_or_default();
+    let mut todo: VecDeque<Option<OsString>> = steps(target).collect();
+    let mut hops = 0;
+    while let Some(step) = todo.pop_front() {
+        let Some(name) = step else {
+            if at.pop().is_none() {
+                crate::bad!("the symlink escapes the layer directory through `..`; refused");
+            }
+            continue;
+        };
+        at.push(name);
+        let here: PathBuf = at.iter().collect();
+        let Ok(next) = std::fs::read_link(root.join(&here)) else {
+            continue;
+        };
+        hops += 1;
+        if hops > MAX_LINK_HOPS || next.is_absolute() {
+            let why = if next.is_absolute() {
+                "is absolute"
+            } else {
+                "loops"
+            };
+            crate::bad!(
+                "the symlink resolves through {} (-> {}), which {why}; refused",
+                here.display(),
+                next.display()
+            );
         }
-        if depth < 0 {
-            crate::bad!("the symlink escapes the layer directory through `..`; refused");
+        at.pop();
+        for s in steps(&next).collect::<Vec<_>>().into_iter().rev() {
+            todo.push_front(s);
         }
     }
     Ok(())
@@ -388,7 +446,13 @@ fn render_template(
     let name = file.display().to_string();
     let located = |e: minijinja::Error| {
         let line = e.line().map(|l| format!(":{l}")).unwrap_or_default();
-        let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+        let mut detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+        // minijinja does not name what is undefined; the span of the expression does.
+        if let Some(what) = e.range().and_then(|r| src.get(r))
+            && !what.trim().is_empty()
+        {
+            detail.push_str(&format!(" (in `{}`)", what.trim()));
+        }
         anyhow::Error::from(crate::support::error::BadInput(format!(
             "{name}{line}: template error: {}{detail}",
             e.kind()
@@ -427,6 +491,7 @@ mod tests {
             gid: 1000,
             home: "/home/hadoop".into(),
             shell: "/bin/bash".into(),
+            reuse_existing: false,
         }
     }
 
@@ -469,12 +534,57 @@ mod tests {
         std::fs::write(d.path().join("root/x.j2"), "ok\n{{ nope.missing }}\n").unwrap();
         let err = render_dir(d.path(), &cx()).unwrap_err().to_string();
         assert!(err.contains("x.j2:2"), "{err}");
+        assert!(
+            err.contains("`nope.missing`"),
+            "names what is undefined: {err}"
+        );
+    }
+
+    #[test]
+    fn a_template_without_a_name_and_a_bad_omit_are_located() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("root/etc")).unwrap();
+        std::fs::write(d.path().join("root/etc/.j2"), "x\n").unwrap();
+        let err = render_dir(d.path(), &cx()).unwrap_err().to_string();
+        assert!(
+            err.contains("etc/.j2") && err.contains("needs a name"),
+            "{err}"
+        );
+        std::fs::remove_file(d.path().join("root/etc/.j2")).unwrap();
+        std::fs::write(
+            d.path().join("layer.toml"),
+            "# a comment\n\n[[omit]]\npath = \"etc\"\nwhen = \"nope ==\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", render_dir(d.path(), &cx()).unwrap_err());
+        assert!(err.contains("layer.toml:5"), "the line of `when`: {err}");
     }
 
     #[test]
     fn escaping_symlinks_are_refused() {
-        assert!(check_link_inside(Path::new("a/b"), Path::new("../c")).is_ok());
-        assert!(check_link_inside(Path::new("a/b"), Path::new("../../c")).is_err());
-        assert!(check_link_inside(Path::new("a"), Path::new("/etc/passwd")).is_err());
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        assert!(check_link_inside(root, Path::new("a/b"), Path::new("../c")).is_ok());
+        assert!(check_link_inside(root, Path::new("a/b"), Path::new("../../c")).is_err());
+        assert!(check_link_inside(root, Path::new("a"), Path::new("/etc/passwd")).is_err());
+    }
+
+    #[test]
+    fn a_chain_of_relative_symlinks_that_climbs_out_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        // Each looks harmless by itself: a/b -> .. is the root, c -> a/b/.. is "a".
+        std::os::unix::fs::symlink("..", root.join("a/b")).unwrap();
+        assert!(check_link_inside(root, Path::new("a/b"), Path::new("..")).is_ok());
+        let e = check_link_inside(root, Path::new("c"), Path::new("a/b/..")).unwrap_err();
+        assert!(e.to_string().contains("escapes"), "{e}");
+        // A loop is refused, not followed forever.
+        std::os::unix::fs::symlink("l2", root.join("l1")).unwrap();
+        std::os::unix::fs::symlink("l1", root.join("l2")).unwrap();
+        let e = check_link_inside(root, Path::new("x"), Path::new("l1/f")).unwrap_err();
+        assert!(e.to_string().contains("loops"), "{e}");
+        // A name the layer does not have resolves by name (a lower layer provides it).
+        assert!(check_link_inside(root, Path::new("lib"), Path::new("usr/lib")).is_ok());
     }
 }

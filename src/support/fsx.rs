@@ -57,6 +57,19 @@ pub fn open(path: &Path) -> Result<File> {
     File::open(path).with_context(|| format!("opening {path:?}"))
 }
 
+/// Opens an input the user named: it must exist and be a regular file (a device such as
+/// `/dev/zero` would be read forever, a directory not at all). Anything else is bad input.
+pub fn open_input(path: &Path) -> Result<File> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => open(path),
+        Ok(_) => crate::bad!("{}: not a regular file", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::bad!("{}: no such file", path.display())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {path:?}")),
+    }
+}
+
 /// Creates (truncates) a file for writing; the error names it.
 pub fn create(path: &Path) -> Result<File> {
     File::create(path).with_context(|| format!("creating {path:?}"))

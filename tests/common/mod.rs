@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cloud;
+pub mod docker;
 pub mod proxy;
 pub mod registry;
 
@@ -464,6 +465,8 @@ pub enum Raw<'a> {
     Symlink(&'a str, &'a str),
     Hardlink(&'a str, &'a str),
     Char(&'a str),
+    /// A setuid-root executable.
+    Setuid(&'a str, &'a [u8]),
 }
 
 /// A .tar.gz with exactly these entries (bypassing every check, to test the reader's).
@@ -477,6 +480,7 @@ pub fn raw_tar_gz(path: &Path, entries: &[Raw]) {
             Raw::Symlink(n, t) => (n, tar::EntryType::Symlink, Some(t), b""),
             Raw::Hardlink(n, t) => (n, tar::EntryType::Link, Some(t), b""),
             Raw::Char(n) => (n, tar::EntryType::Char, None, b""),
+            Raw::Setuid(n, d) => (n, tar::EntryType::Regular, None, d),
         };
         let raw = h.as_old_mut();
         raw.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -485,7 +489,11 @@ pub fn raw_tar_gz(path: &Path, entries: &[Raw]) {
         }
         h.set_entry_type(ty);
         let exec = matches!(ty, tar::EntryType::Directory) || name.contains("/bin/");
-        h.set_mode(if exec { 0o755 } else { 0o644 });
+        h.set_mode(match e {
+            Raw::Setuid(..) => 0o4755,
+            _ if exec => 0o755,
+            _ => 0o644,
+        });
         h.set_size(data.len() as u64);
         h.set_mtime(EPOCH);
         h.set_cksum();

@@ -14,7 +14,7 @@
 //!  ├─▶ report/   sizes, sharing, budgets; text, JSON, HTML page            │ each other
 //!  ├─▶ disk/     flatten → ext4/GPT/UKI/GRUB → qcow2; boot test            │
 //!  ├─▶ publish/  clouds.yaml + Keystone, Glance upload/verify/rotate,     │
-//!  │             preflight                                                   │
+//!  │             preflight, docker (load, run, smoke: bollard)               │
 //!  └─▶ share/    push to and pull from an OCI registry                      ┘
 //!        ▼
 //! source/     where a layer's entries come from: base and JDK root filesystems (mmdebstrap,
@@ -23,8 +23,9 @@
 //! cache/      layer records and blobs by input key; base root filesystems; downloads
 //!        ▼
 //! oci/        the store (an OCI image layout), image documents, the typed store record, a
-//!             read-only view of the images; beside it, same band: registry/, the OCI
-//!             distribution client (references, auth, blobs, manifests; imports only support)
+//!             read-only view of the images, image archives (OCI + Docker's manifest.json),
+//!             smoke records; beside it, same band: registry/, the OCI distribution client
+//!             (references, auth, blobs, manifests; imports only support)
 //!        ▼
 //! recipe/     raw TOML → validated model; the Hadoop catalogue
 //!        ▼

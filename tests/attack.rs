@@ -485,6 +485,16 @@ fn verify_gc_and_report_name_what_is_wrong() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
+    // Damage in a blob no image uses is a note, not a problem (a build cannot be asked to fix
+    // it; gc removes it).
+    let (out, cache) = b.copy("unused");
+    std::fs::write(out.join("blobs/sha256").join("ab".repeat(32)), "junk").unwrap();
+    std::fs::create_dir(out.join("blobs/sha256").join("cd".repeat(32))).unwrap();
+    let r = json(&ok(cmd(&cache, &["verify", "--json"], &out)));
+    assert_eq!(r["unreferenced-damaged"], 2, "{r}");
+    let r = json(&ok(cmd(&cache, &["gc", "--json"], &out)));
+    assert_eq!(r["removed-blobs"], 2, "{r}");
+    assert_eq!(verify_code(&cache, &out), 0);
     // Garbage in oci-layout.
     let (out, cache) = b.copy("layout");
     std::fs::write(out.join("oci-layout"), "{\"imageLayoutVersion\": 7}").unwrap();
@@ -768,7 +778,7 @@ fn sigkill_anywhere_leaves_the_old_or_the_new_index() {
 
     let mut t = Tally::default();
     let mut kill_points: Vec<(String, Option<Duration>, Option<&str>)> = Vec::new();
-    for fp in ["layer-write", "store-blob", "index-write"] {
+    for fp in ["layer-write", "store-copy", "store-blob", "index-write"] {
         kill_points.push((format!("failpoint {fp}"), None, Some(fp)));
     }
     let steps = 24u32;
@@ -814,6 +824,33 @@ fn sigkill_anywhere_leaves_the_old_or_the_new_index() {
         }
     }
     t.check("SIGKILL campaign");
+}
+
+/// `verify --repair` killed while it copies a blob back: the store is no worse (the index and
+/// every intact blob unchanged) and the next `verify --repair` finishes the job.
+#[test]
+fn sigkill_during_a_repair_then_repair_again() {
+    let b = built();
+    let (out, cache) = b.copy("repair-kill");
+    let p = parts(&out, "tiny:3.3.6");
+    flip(&blob(&out, &p.layers[0]), 9);
+    flip(&blob(&out, &p.manifest), 9);
+    let index = std::fs::read(out.join("index.json")).unwrap();
+    let cache_arg = format!("--cache={}", cache.display());
+    let mut c = cmd(&cache, &["verify", "--repair", &cache_arg], &out);
+    c.env("STRATA_FAILPOINT", "store-copy")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    wait_for_failpoint(&mut child, "store-copy");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(std::fs::read(out.join("index.json")).unwrap(), index);
+    let o = run(cmd(&cache, &["verify"], &out));
+    assert_eq!(o.status.code(), Some(4), "still damaged, no worse");
+    ok(cmd(&cache, &["verify", "--repair", &cache_arg], &out));
+    assert_eq!(verify_code(&cache, &out), 0);
+    assert_eq!(index_digests(&out), index_digests(&b.store));
 }
 
 fn wait_for_failpoint(child: &mut std::process::Child, fp: &str) {

@@ -272,6 +272,11 @@ fn a_cut_blob_upload_is_retried_and_a_second_run_resends_nothing() {
             .count() as u64
     };
     assert_eq!(puts(&proxy), blobs + 1, "only the cut blob was sent twice");
+    assert!(
+        stderr(&out).contains("sending it again"),
+        "{}",
+        stderr(&out)
+    );
     // Every tag is there, as skopeo reads it.
     if require("skopeo") {
         for (name, digest) in index_digests(&store) {
@@ -891,4 +896,198 @@ fn bad_input_says_what_to_do() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_final_put_whose_answer_is_lost_is_headed_not_sent_again() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let (_p, store) = tiny();
+    let proxy = Proxy::start(reg.host.parse().unwrap());
+    let host = proxy.url().trim_start_matches("http://").to_string();
+    // The registry stores the blob; its answer comes after strata gave up waiting.
+    proxy.add(
+        Rule::new(
+            "PUT",
+            "/blobs/uploads/",
+            Fault::DelayResponse(std::time::Duration::from_secs(4)),
+        )
+        .times(1),
+    );
+    let out = push_json(
+        &store,
+        &format!("{host}/lost"),
+        &["--registry-timeout", "1"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rep = json(&out);
+    assert_eq!(proxy.faults_applied(), 1);
+    assert!(
+        stderr(&out).contains("but the registry has it"),
+        "{}",
+        stderr(&out)
+    );
+    let reqs = proxy.requests();
+    let puts = reqs
+        .iter()
+        .filter(|s| s.method == "PUT" && s.target.contains("/blobs/uploads/"))
+        .count() as u64;
+    assert_eq!(
+        puts,
+        rep["blobs"]["sent"].as_u64().unwrap(),
+        "the blob whose answer was lost was HEADed, found, and not sent again: {reqs:?}"
+    );
+}
+
+#[test]
+fn an_image_pushed_by_another_tool_is_pulled_without_a_record_and_a_docker_manifest_is_refused() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    if !require("skopeo") {
+        return;
+    }
+    let (_p, store) = tiny();
+    let digest = index_digests(&store)["tiny:3.3.6"].clone();
+    let copy = |format: &str, tag: &str| {
+        let out = Command::new("skopeo")
+            .args(["copy", "-q", "--dest-tls-verify=false", "--format", format])
+            .arg(format!("oci:{}:tiny:3.3.6", store.display()))
+            .arg(format!("docker://{}/other:{tag}", reg.host))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo copy: {}", stderr(&out));
+    };
+    copy("oci", "oci");
+    copy("v2s2", "docker");
+    let dir = tempfile::tempdir().unwrap();
+    let rep = json(&ok(share(
+        dir.path(),
+        &[
+            "pull",
+            "--insecure",
+            "--json",
+            &format!("{}/other:oci", reg.host),
+        ],
+    )));
+    assert_eq!(rep["images"][0]["extras"], false, "{rep:#}");
+    assert_eq!(rep["images"][0]["name"], "other:oci");
+    assert_eq!(
+        index_digests(dir.path())["other:oci"],
+        digest,
+        "the same bytes"
+    );
+    let mut c = strata(&dir.path().join("cache"));
+    c.args(["verify", "-o"]).arg(dir.path());
+    ok(c);
+    let out = run(share(
+        dir.path(),
+        &["pull", "--insecure", &format!("{}/other:docker", reg.host)],
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Docker v2"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_pull_that_would_mix_settings_of_one_recipe_is_refused() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let (_p, store) = tiny();
+    ok(share(
+        &store,
+        &[
+            "push",
+            "--all",
+            &format!("{}/tiny", reg.host),
+            "--insecure",
+            "--allow-private-key",
+        ],
+    ));
+    // The same recipe built here with another epoch: other settings.
+    let local = Project::new();
+    local.edit_recipe(|r| r.replace("epoch = 1700000000", "epoch = 1700000001"));
+    let here = local.root().join("output");
+    ok(local.build(&here));
+    let before = std::fs::read(here.join("index.json")).unwrap();
+    let out = run(share(
+        &here,
+        &["pull", "--insecure", &format!("{}/tiny:3.3.6", reg.host)],
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("other settings") && err.contains("tiny:2.10.2"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(here.join("index.json")).unwrap(),
+        before,
+        "the index is unchanged"
+    );
+    // Pulling every image of the recipe replaces them all: accepted.
+    let refs: Vec<String> = index_digests(&store)
+        .keys()
+        .map(|n| format!("{}/tiny:{}", reg.host, n.rsplit_once(':').unwrap().1))
+        .collect();
+    let mut args = vec!["pull", "--insecure"];
+    args.extend(refs.iter().map(String::as_str));
+    ok(share(&here, &args));
+    assert_eq!(index_digests(&here), index_digests(&store));
+}
+
+#[test]
+fn a_download_cut_midway_is_fetched_again_and_the_store_verifies() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let (_p, store) = tiny();
+    ok(share(
+        &store,
+        &[
+            "push",
+            "--all",
+            &format!("{}/tiny", reg.host),
+            "--insecure",
+            "--allow-private-key",
+        ],
+    ));
+    let proxy = Proxy::start(reg.host.parse().unwrap());
+    let host = proxy.url().trim_start_matches("http://").to_string();
+    // The download of the largest layer stops after its head and a few bytes of its body.
+    let manifest = blob_json(&store, &index_digests(&store)["tiny:3.3.6"]);
+    let largest = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|l| l["size"].as_u64().unwrap())
+        .unwrap();
+    assert!(largest["size"].as_u64().unwrap() > 2000, "{largest}");
+    let digest = largest["digest"].as_str().unwrap();
+    proxy.add(Rule::new("GET", digest, Fault::CutResponseAfterBytes(600)).times(1));
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(share(
+        dir.path(),
+        &[
+            "pull",
+            "--insecure",
+            "--json",
+            &format!("{host}/tiny:3.3.6"),
+        ],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(proxy.faults_applied(), 1);
+    assert!(
+        stderr(&out).contains("fetching it again"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        index_digests(dir.path())["tiny:3.3.6"],
+        index_digests(&store)["tiny:3.3.6"]
+    );
+    let mut c = strata(&dir.path().join("cache"));
+    c.args(["verify", "-o"]).arg(dir.path());
+    ok(c);
 }

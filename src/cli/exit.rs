@@ -29,6 +29,13 @@ pub fn code(err: &anyhow::Error) -> u8 {
         {
             return exit::CLOUD_REFUSED;
         }
+        if let Some(e) = cause.downcast_ref::<crate::publish::docker::ContainerExit>() {
+            // The command's own code (1..=255); a signal's 128+n passes through too.
+            return u8::try_from(e.code)
+                .ok()
+                .filter(|c| *c != 0)
+                .unwrap_or(exit::FAILURE);
+        }
         if let Some(CloudError::Status { status, .. }) = cause.downcast_ref::<CloudError>()
             && matches!(status, 400 | 401 | 403 | 413 | 415)
         {
@@ -56,6 +63,26 @@ mod tests {
         .into();
         assert_eq!(code(&e), exit::CHECKSUM);
         assert_eq!(code(&Damaged(vec!["blob".into()]).into()), exit::DAMAGED);
+        let refused = |status| -> anyhow::Error {
+            RegistryError::Status {
+                method: "PUT".into(),
+                url: "http://r/v2/x/manifests/t".into(),
+                status,
+                code: String::new(),
+                message: String::new(),
+                hint: String::new(),
+            }
+            .into()
+        };
+        assert_eq!(code(&refused(401)), exit::CLOUD_REFUSED);
+        assert_eq!(code(&refused(415)), exit::CLOUD_REFUSED);
+        assert_eq!(code(&refused(503)), exit::FAILURE);
+        let unreachable: anyhow::Error = RegistryError::Unreachable {
+            url: "http://r/v2/".into(),
+            reason: "refused".into(),
+        }
+        .into();
+        assert_eq!(code(&unreachable.context("pushing")), exit::FAILURE);
         let r: anyhow::Result<()> = Err(std::io::Error::other("disk full").into());
         assert_eq!(code(&r.context("writing").unwrap_err()), exit::FAILURE);
     }

@@ -13,12 +13,16 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::build;
 use crate::disk::{Firmware, QcowCompression};
-use crate::policy::{BudgetExceeded, Overrides};
+use crate::policy::Overrides;
 use crate::recipe::Recipe;
 use crate::support::units::{Size, parse_ratio};
 use crate::{inspect, report};
 
+mod build_args;
 pub mod exit;
+pub mod share;
+pub use build_args::RemoteCacheArgs;
+pub use share::RegistryArgs;
 pub mod text;
 
 const AFTER_HELP: &str = "\
@@ -33,6 +37,8 @@ Quick start:
   strata publish hadoop-lab:3.3.6 --cloud lab     upload its disk to Glance, verified
   strata push --all registry.example.org/team/hadoop-lab    every image, to a registry
   strata pull registry.example.org/team/hadoop-lab:3.3.6 -o lab    and back, byte for byte
+  strata load hadoop-lab:3.3.6      into the local Docker engine (DOCKER_HOST)
+  strata run hadoop-lab:3.3.6 -- java -version    a command in it, on the host network
 
 Environment:
   SOURCE_DATE_EPOCH  overrides the recipe's `epoch`: timestamps in layers, configs and the
@@ -41,6 +47,7 @@ Environment:
   STRATA_SSH_KEY     the cluster's SSH private key (default: generated once under
                      ~/.local/share/strata/cluster-keys/<recipe>/)
   CI                 plain progress lines instead of bars
+  DOCKER_HOST        the Docker engine for load and run (default unix:///var/run/docker.sock)
   OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_AUTH_URL, OS_*   the cloud for publish (as openstack's)
   STRATA_REGISTRY_USER, STRATA_REGISTRY_PASSWORD       registry credentials for push and pull
   DOCKER_CONFIG      where Docker's config.json is (registry credentials; default ~/.docker)
@@ -107,6 +114,15 @@ fn parse_size(s: &str) -> Result<Size, String> {
     s.parse()
 }
 
+fn parse_env(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err(format!(
+            "{s:?}: expected KEY=VALUE, e.g. STRATA_ROLES=namenode"
+        )),
+    }
+}
+
 fn parse_layer_budget(s: &str) -> Result<(String, Size), String> {
     let (name, size) = s
         .split_once('=')
@@ -124,109 +140,10 @@ impl PolicyArgs {
     }
 }
 
-/// The remote layer cache of `build`.
-#[derive(Debug, Args, Clone, Default)]
-pub struct RemoteCacheArgs {
-    /// Take layers (and the base) from this remote layer cache, REGISTRY/REPO, when the local
-    /// cache lacks them (repeatable: tried in order). Unreachable or refusing: a warning, the
-    /// layers are built here.
-    #[arg(long, value_name = "REGISTRY/REPO")]
-    pub cache_from: Vec<String>,
-    /// After the build, write every layer (and the base's facts) this remote layer cache lacks
-    /// to it. A failure fails the command after the store is committed.
-    #[arg(long, value_name = "REGISTRY/REPO")]
-    pub cache_to: Option<String>,
-    /// Write layers that hold the cluster's SSH private key to --cache-to too.
-    #[arg(long, requires = "cache_to")]
-    pub allow_private_key: bool,
-    #[command(flatten)]
-    pub registry: RegistryArgs,
-}
-
-impl RemoteCacheArgs {
-    /// The build's remote cache options (a malformed reference is bad input, exit 2).
-    pub fn options(&self) -> Result<build::remote::RemoteOptions> {
-        use build::remote::parse_ref;
-        let from = self
-            .cache_from
-            .iter()
-            .map(|s| parse_ref("--cache-from", s))
-            .collect::<Result<Vec<_>, _>>()?;
-        let to = self
-            .cache_to
-            .as_deref()
-            .map(|s| parse_ref("--cache-to", s))
-            .transpose()?;
-        let registry = if from.is_empty() && to.is_none() {
-            crate::registry::Options::default()
-        } else {
-            self.registry.options()?
-        };
-        Ok(build::remote::RemoteOptions {
-            from,
-            to,
-            registry,
-            allow_private_key: self.allow_private_key,
-        })
-    }
-}
-
-/// How to reach a registry: shared by every command that talks to one (`push`, `pull`,
-/// `build --cache-from/--cache-to`).
-#[derive(Debug, Args, Clone, Default)]
-pub struct RegistryArgs {
-    /// Speak plain HTTP to the registry (a local one); TLS is verified otherwise.
-    #[arg(long)]
-    pub insecure: bool,
-    /// The registry user (with --password-stdin) [else STRATA_REGISTRY_USER /
-    /// STRATA_REGISTRY_PASSWORD, else Docker's config: DOCKER_CONFIG or ~/.docker/config.json].
-    #[arg(long, value_name = "USER", requires = "password_stdin")]
-    pub username: Option<String>,
-    /// Read the registry password from stdin (one line), never from the command line.
-    #[arg(long, requires = "username")]
-    pub password_stdin: bool,
-    /// Seconds to wait for each answer from the registry.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
-    pub registry_timeout: u64,
-}
-
-impl RegistryArgs {
-    /// The client options; reads the password from stdin when asked.
-    pub fn options(&self) -> Result<crate::registry::Options> {
-        let explicit = match (&self.username, self.password_stdin) {
-            (Some(u), true) => {
-                let mut line = String::new();
-                std::io::stdin()
-                    .read_line(&mut line)
-                    .map_err(|e| anyhow::anyhow!("reading the password from stdin: {e}"))?;
-                let password = line.trim_end_matches(['\n', '\r']).to_string();
-                if password.is_empty() {
-                    return Err(crate::support::error::BadInput(
-                        "--password-stdin: stdin held no password".into(),
-                    )
-                    .into());
-                }
-                Some(crate::registry::Credentials {
-                    username: u.clone(),
-                    password: crate::registry::Secret::new(password),
-                    from: "--username/--password-stdin".into(),
-                })
-            }
-            _ => None,
-        };
-        Ok(crate::registry::Options {
-            insecure: self.insecure,
-            credentials: crate::registry::CredentialSource::from_env(explicit),
-            timeout: std::time::Duration::from_secs(self.registry_timeout),
-            ..crate::registry::Options::default()
-        })
-    }
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build every image of a recipe into the store.
-    #[command(after_help = BUILD_HELP)]
+    #[command(after_help = build_args::BUILD_HELP)]
     Build {
         #[command(flatten)]
         recipe: RecipeArgs,
@@ -342,7 +259,7 @@ STRATA_SSH_KEY, or the one the build used). Results are kept beside the disk."
         wait: u64,
     },
     /// Push images to an OCI registry: `push IMAGE REGISTRY/REPO[:TAG]` or `push --all REGISTRY/REPO`.
-    #[command(after_help = PUSH_HELP)]
+    #[command(after_help = share::PUSH_HELP)]
     Push {
         /// The image (`recipe:version`, a tag or a manifest digest) and the target; with --all,
         /// the target repository alone.
@@ -368,7 +285,7 @@ STRATA_SSH_KEY, or the one the build used). Results are kept beside the disk."
         registry: RegistryArgs,
     },
     /// Pull images from an OCI registry into the store (created if missing).
-    #[command(after_help = PULL_HELP)]
+    #[command(after_help = share::PULL_HELP)]
     Pull {
         /// `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:…` (repeatable).
         #[arg(value_name = "REF", required = true)]
@@ -423,6 +340,46 @@ images)."
         #[arg(long, value_name = "FILE", required = true)]
         oci_archive: PathBuf,
     },
+    /// Load images into the local Docker engine (DOCKER_HOST), streamed, without docker's CLI.
+    #[command(after_help = LOAD_HELP)]
+    Load {
+        /// `recipe:version`, a tag or a manifest digest (repeatable); or --all.
+        images: Vec<String>,
+        /// Every image of the store.
+        #[arg(long, conflicts_with = "images")]
+        all: bool,
+        /// Seconds to wait for the engine to take the archive [default: 300 + 1 per MiB].
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Run an image in the local Docker engine, on the host network, with the recipe's release
+    /// volume and SSH key delivery; or smoke-test it (--smoke).
+    #[command(after_help = RUN_HELP)]
+    Run {
+        /// `recipe:version`, a tag or a manifest digest.
+        image: String,
+        /// The command to run (after `--`); without it the node starts detached with the
+        /// image's own command.
+        #[arg(last = true, value_name = "CMD")]
+        cmd: Vec<String>,
+        /// A directory holding hadoop-X.Y.Z/, mounted read-only at /srv/hadoop-dist (for images
+        /// built with [dist] mode = "mount").
+        #[arg(long, value_name = "DIR")]
+        dist: Option<PathBuf>,
+        /// An environment variable for the container, e.g. STRATA_ROLES=namenode (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<String>,
+        /// The container's name (detached runs).
+        #[arg(long, value_name = "NAME", conflicts_with = "cmd")]
+        name: Option<String>,
+        /// Check the user environment, Java and the configs in a running container, record
+        /// the result against the image's digest (shown by `strata inspect`), remove it.
+        #[arg(long, conflicts_with_all = ["cmd", "name"])]
+        smoke: bool,
+        /// Seconds to wait for the engine to take the archive, when the image must be loaded.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
     /// Before launching: check that an image in Glance, a flavor and the cloud fit together.
     #[command(
         after_help = "Checks, each pass / fail / unknown with what to do: the image in \
@@ -472,51 +429,35 @@ Exit codes: 0 published or already there, 1 failure (network, timeout, a stuck i
 (unknown cloud, clouds.yaml, an image not built, a key-carrying image made public), 3 Glance's hash
 or size differs from the disk (the image was deleted), 6 the cloud refused (401, 403, quota).";
 
-const BUILD_HELP: &str = "\
-A layer whose inputs did not change is taken from the cache; a no-op rebuild compresses nothing.
-The store is updated atomically at the end: a failed build leaves it as it was.
+const LOAD_HELP: &str = "\
+The engine is the one DOCKER_HOST names (unix:///path/docker.sock, tcp://HOST:2375; default
+unix:///var/run/docker.sock); the API version is negotiated (Docker 20.10 speaks 1.41). The
+archive is what `strata export` writes (OCI layout + Docker's manifest.json), streamed into the
+engine without a temp file. Images appear under their names (hadoop-lab:3.3.6); the engine's
+image id is the config digest. zstd-compressed layers need Docker 23 or newer: an older engine is
+refused before anything is sent.
 
-Remote layer cache: --cache-from REGISTRY/REPO looks up, by key, each layer the local cache lacks
-and the base's facts, so a runner with an empty cache fetches what another runner built instead
-of building it (no mmdebstrap when the cache holds the base and the layers on it). Every fetched
-blob is checked (digest and size while it streams, then its uncompressed diff_id). A cache that
-cannot be reached, refuses, or serves a corrupt blob is a warning: the layer is built here; a
-cache never fails a build. --cache-to REGISTRY/REPO writes, after the build, every layer and the
-base's facts the cache lacks, one tag per key (append-only: an existing tag is never rewritten);
-a layer holding the cluster's private key only with --allow-private-key. A --cache-to failure
-fails the command (exit 1, or 6 refused) after the store was committed. --json lists where each
-layer came from (built, cached, remote). Whoever can push to the cache can put layers into later
-builds: give CI write access, developers read access.
+Exit codes: 0 loaded, 1 no engine, the engine refused the archive, a timeout, 2 an image not in
+the store, a zstd image for an engine older than 23.";
 
-Exit codes: 0 built, 1 failure (a tool, network, disk; --cache-to could not write), 2 bad input
-(a recipe, a malformed --cache-from/--cache-to reference), 3 a checksum mismatch, 4 a damaged
-store, 5 a budget exceeded, 6 the --cache-to registry refused.";
+const RUN_HELP: &str = "\
+Examples:
+  strata run hadoop-lab:3.3.6 -- java -version        run a command, pass its exit code on
+  strata run hadoop-lab:3.3.6 --dist /srv/releases -e STRATA_ROLES=namenode,datanode
+                                                      a lab node, detached
+  strata run hadoop-lab:3.3.6 --smoke                 check it, record the result
 
-const PUSH_HELP: &str = "\
-Each image's manifest goes byte for byte from the store, so the registry serves the store's
-digest; it is tagged with its version (REPO:3.3.6; the shared part REPO:base) and with a tag that
-never moves (REPO:3.3.6-<12 hex of the digest>). What a disk and the other commands need — the
-store record and the disk-only layers — goes along as an OCI artifact whose subject is the image,
-tagged REPO:sha256-<manifest hex>.strata, so `strata pull` gives a full store. Blobs the registry
-has are not sent again: a second push sends nothing.
+The container runs on the host network. The image is loaded first when the engine lacks this
+build of it. For [dist] mode = \"mount\" images, --dist DIR (holding hadoop-X.Y.Z/) is mounted
+read-only at /srv/hadoop-dist (without it: an NFS source of the recipe as an NFS volume, a LABEL=
+source from where it is mounted on this host, else the node starts without Hadoop). Images built
+with [ssh] deliver = \"boot\" get the cluster key mounted read-only at
+/run/secrets/strata-ssh-key (STRATA_SSH_KEY, or the key the build used); it never enters an image.
 
-Credentials: --username with --password-stdin; STRATA_REGISTRY_USER and STRATA_REGISTRY_PASSWORD;
-Docker's config (DOCKER_CONFIG or ~/.docker/config.json: auths, credHelpers, credsStore). Basic
-and bearer-token registries both work. --insecure for a registry that speaks plain HTTP.
-
-Exit codes: 0 pushed, 1 failure (network, registry unreachable), 2 bad input (a malformed
-reference, an image not in the store, a key-carrying image without --allow-private-key), 6 the
-registry refused (401, 403, a media type it rejects).";
-
-const PULL_HELP: &str = "\
-Every blob is verified while it streams and renamed into the store only when its digest matches;
-index.json is written last, atomically: a failed pull leaves the store as it was. An image pushed
-by strata comes with its store record and disk-only layers, so ls, inspect, verify, report,
-export and disk work on the pulled store without the recipe.
-
-Exit codes: 0 pulled, 1 failure (network, registry unreachable), 2 bad input (a malformed
-reference, a tag the registry does not have), 3 a blob whose digest does not match (nothing
-written), 6 the registry refused (401, 403).";
+With a command: its output is streamed, the container removed, and strata exits with the
+command's exit code. Without: the node starts detached with the image's command (strata-node:
+STRATA_ROLES picks the daemons); strata prints the container id, `docker logs -f ID` follows
+it and `docker rm -f ID` stops it.";
 
 // Only `cli` writes to stdout (the crate's lints refuse `print!` elsewhere).
 #[allow(clippy::print_stdout)]
@@ -663,109 +604,50 @@ fn ensure_disk(cli: &Cli, image: &str) -> Result<crate::oci::disks::DiskRecord> 
         .ok_or_else(|| anyhow::anyhow!("`strata disk {image}` wrote no disk record"))
 }
 
-/// `strata build`: the recipe, the remote caches, the report; a `--cache-to` failure after it.
-fn build_command(cli: &Cli) -> Result<()> {
-    let Command::Build {
-        recipe,
-        refresh_base,
-        remote,
+/// `strata run`: a command's output goes straight to stdout/stderr; the report after it.
+fn run_container(cli: &Cli) -> Result<()> {
+    let Command::Run {
+        image,
+        cmd,
+        dist,
+        env,
+        name,
+        smoke,
+        timeout,
     } = &cli.command
     else {
-        unreachable!("build_command() is called for the build command")
+        unreachable!("run_container() is called for the run command")
     };
-    let remote = remote.options()?;
-    let r = load_recipe(&recipe.recipe)?;
-    let opts = build::Options {
-        remote,
-        ..options(cli, recipe, *refresh_base)
+    let opts = crate::publish::docker::RunOptions {
+        store: cli.output.clone(),
+        image: image.clone(),
+        cmd: cmd.clone(),
+        dist: dist.clone(),
+        env: env.clone(),
+        name: name.clone(),
+        smoke: *smoke,
+        load_timeout: timeout.map(std::time::Duration::from_secs),
+        quiet: cli.quiet,
     };
-    match build::build(&r, &opts) {
-        Ok(mut rep) => {
-            // The report first (CI sees what was built), then the cache's failure.
-            let failure = rep.cache_to_failure.take();
-            show(cli, &rep, text::build)?;
-            failure.map_or(Ok(()), Err)
-        }
+    // With --json a command's output goes to stderr, so stdout holds only the document.
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let out: &mut dyn std::io::Write = if cli.json { &mut err } else { &mut out };
+    let mut err2 = std::io::stderr();
+    match crate::publish::docker::run(&opts, out, &mut err2) {
+        Ok(rep) => show(cli, &rep, text::run),
         Err(e) => {
-            // CI gets the verdicts as JSON even when the budget stops the build.
-            if cli.json
-                && let Some(b) = e.downcast_ref::<BudgetExceeded>()
-            {
-                print_json(&serde_json::json!({"error": "budget exceeded", "policy": b.0}))?;
+            if let Some(f) = e.downcast_ref::<crate::publish::docker::smoke::SmokeFailed>() {
+                show(cli, &f.0, text::run)?;
             }
             Err(e)
         }
     }
 }
 
-/// `strata push`: IMAGE REF, or --all REPO.
-fn push(cli: &Cli) -> Result<()> {
-    let Command::Push {
-        args,
-        all,
-        jobs,
-        allow_private_key,
-        mount_from,
-        chunk_size,
-        registry,
-    } = &cli.command
-    else {
-        unreachable!("push() is called for the push command")
-    };
-    let (image, target) = match (args.as_slice(), *all) {
-        ([target], true) => (None, target.clone()),
-        ([image, target], false) => (Some(image.clone()), target.clone()),
-        ([_], false) => {
-            return Err(crate::support::error::BadInput(
-                "push IMAGE REGISTRY/REPO[:TAG], or push --all REGISTRY/REPO".into(),
-            )
-            .into());
-        }
-        _ => {
-            return Err(crate::support::error::BadInput(
-                "with --all name only the repository: push --all REGISTRY/REPO".into(),
-            )
-            .into());
-        }
-    };
-    let rep = crate::share::push::push(&crate::share::push::Options {
-        output: cli.output.clone(),
-        image,
-        target,
-        jobs: *jobs as usize,
-        allow_private_key: *allow_private_key,
-        mount_from: mount_from.clone(),
-        chunk_size: chunk_size.map(|s| s.0),
-        registry: registry.options()?,
-        quiet: cli.quiet,
-    })?;
-    show(cli, &rep, text::push)
-}
-
-/// `strata pull`: REF... into the store.
-fn pull(cli: &Cli) -> Result<()> {
-    let Command::Pull {
-        refs,
-        jobs,
-        registry,
-    } = &cli.command
-    else {
-        unreachable!("pull() is called for the pull command")
-    };
-    let rep = crate::share::pull::pull(&crate::share::pull::Options {
-        output: cli.output.clone(),
-        refs: refs.clone(),
-        jobs: *jobs as usize,
-        registry: registry.options()?,
-        quiet: cli.quiet,
-    })?;
-    show(cli, &rep, text::pull)
-}
-
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Command::Build { .. } => build_command(&cli),
+        Command::Build { .. } => build_args::build_command(&cli),
         Command::Plan { recipe } => {
             let r = load_recipe(&recipe.recipe)?;
             let rep = build::plan(&r, &options(&cli, recipe, false))?;
@@ -814,8 +696,8 @@ pub fn run(cli: Cli) -> Result<()> {
             show(&cli, &rep, text::disk)
         }
         Command::Publish { .. } => publish(&cli),
-        Command::Push { .. } => push(&cli),
-        Command::Pull { .. } => pull(&cli),
+        Command::Push { .. } => share::push(&cli),
+        Command::Pull { .. } => share::pull(&cli),
         Command::Ls => show(&cli, &inspect::ls(&cli.output)?, |r| text::ls(r.as_slice())),
         Command::Inspect { image } => {
             show(&cli, &inspect::inspect(&cli.output, image)?, text::inspect)
@@ -853,6 +735,26 @@ pub fn run(cli: Cli) -> Result<()> {
             let rep = inspect::export_oci_archive(&cli.output, images, oci_archive)?;
             show(&cli, &rep, text::export)
         }
+        Command::Load {
+            images,
+            all,
+            timeout,
+        } => {
+            if images.is_empty() && !*all {
+                return Err(crate::support::error::BadInput(
+                    "name the images to load (e.g. hadoop-lab:3.3.6), or pass --all".into(),
+                )
+                .into());
+            }
+            let rep = crate::publish::docker::load(
+                &cli.output,
+                images,
+                timeout.map(std::time::Duration::from_secs),
+                cli.quiet,
+            )?;
+            show(&cli, &rep, text::load)
+        }
+        Command::Run { .. } => run_container(&cli),
         Command::Preflight {
             image,
             cloud,
@@ -951,6 +853,20 @@ mod tests {
                 "reg:5000/lab:base",
                 "--insecure",
             ],
+            &["load", "hadoop-lab:3.3.6", "--timeout", "900"],
+            &["load", "--all"],
+            &["run", "x", "--", "sh", "-c", "exit 3"],
+            &[
+                "run",
+                "x",
+                "--dist",
+                "/srv",
+                "-e",
+                "STRATA_ROLES=namenode",
+                "--name",
+                "n1",
+            ],
+            &["run", "x", "--smoke", "--json"],
         ] {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
@@ -967,6 +883,10 @@ mod tests {
             &["build", "--layer-budget", "base"],
             &["plan", "--min-shared", "1.5"],
             &["export", "a"],
+            &["load", "a", "--all"],
+            &["run", "x", "-e", "NOVALUE"],
+            &["run", "x", "--smoke", "--", "true"],
+            &["run", "x", "--name", "n", "--", "true"],
             &["frobnicate"],
             &["push", "--all", "r/l", "--jobs", "0"],
             &["push", "--all", "r/l", "--username", "u"],

@@ -382,6 +382,30 @@ pub fn inspect(i: &Inspection) -> String {
             let _ = writeln!(s, "  {}", row.trim_end());
         }
     }
+    match &i.smoke {
+        Some(sm) => {
+            let verdict = if sm.passed {
+                match sm.checks.get("hadoop").map(String::as_str) {
+                    Some("absent") => "passed (Hadoop was not in the container)".to_string(),
+                    _ => "passed".to_string(),
+                }
+            } else {
+                format!("FAILED ({})", sm.problems.join("; "))
+            };
+            let _ = writeln!(
+                s,
+                "\nSmoke test in a container: {verdict}  ({}, {})",
+                sm.time, sm.engine
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "\nSmoke test in a container: not run on this build (strata run {} --smoke)",
+                i.name
+            );
+        }
+    }
     if !i.publications.is_empty() {
         let _ = writeln!(s, "\nPublished:");
         for p in &i.publications {
@@ -439,11 +463,11 @@ pub fn verify(rep: &VerifyReport) -> String {
         rep.images,
         rep.layers_decompressed
     );
-    if rep.temp_files > 0 || rep.unreferenced_blobs > 0 {
+    if rep.temp_files > 0 || rep.unreferenced_blobs > 0 || rep.unreferenced_damaged > 0 {
         let _ = writeln!(
             s,
-            "note: {} temp file(s) of interrupted writes and {} unreferenced blob(s): harmless; `strata gc` removes them",
-            rep.temp_files, rep.unreferenced_blobs
+            "note: {} temp file(s) of interrupted writes, {} unreferenced blob(s), {} damaged entr(ies) no image uses: harmless; `strata gc` removes them",
+            rep.temp_files, rep.unreferenced_blobs, rep.unreferenced_damaged
         );
     }
     for r in &rep.repaired {
@@ -481,6 +505,52 @@ pub fn export(rep: &ExportReport) -> String {
         human(rep.bytes),
         rep.file.display()
     )
+}
+
+pub fn load(rep: &crate::publish::docker::LoadReport) -> String {
+    let mut s = String::new();
+    for i in &rep.images {
+        let _ = writeln!(s, "{}  loaded  (image id {})", i.image, short(&i.id));
+    }
+    let _ = writeln!(
+        s,
+        "{} into {} in {:.1}s",
+        human(rep.bytes),
+        rep.engine,
+        rep.seconds
+    );
+    s
+}
+
+pub fn run(rep: &crate::publish::docker::RunReport) -> String {
+    let mut s = String::new();
+    if let Some(sm) = &rep.smoke {
+        let verdict = if sm.passed { "passed" } else { "FAILED" };
+        let _ = writeln!(s, "smoke test of {}: {verdict}", rep.image);
+        for (k, v) in &sm.checks {
+            let _ = writeln!(s, "  {k:<14} {v}");
+        }
+        let _ = writeln!(s, "recorded for manifest {}", short(sm.manifest.as_ref()));
+    }
+    if let Some(id) = &rep.container {
+        let short_id = &id[..id.len().min(12)];
+        let _ = writeln!(s, "{short_id}");
+        let _ = writeln!(
+            s,
+            "  {} runs detached on the host network; follow it: docker logs -f {short_id}; \
+             a shell: docker exec -it {short_id} su - hadoop; stop it: docker rm -f {short_id}",
+            rep.image
+        );
+    }
+    if rep.container.is_some() || rep.smoke.is_some() {
+        for m in &rep.mounts {
+            let _ = writeln!(s, "  mount: {m}");
+        }
+        for n in &rep.notes {
+            let _ = writeln!(s, "  note: {n}");
+        }
+    }
+    s
 }
 
 pub fn publish(rep: &crate::publish::PublishReport) -> String {

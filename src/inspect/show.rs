@@ -77,6 +77,8 @@ pub struct Inspection {
     pub packages: Vec<(String, String)>,
     /// Where this image was published (`strata publish`), oldest first.
     pub publications: Vec<crate::oci::disks::Publication>,
+    /// The last `strata run --smoke` of this very build (None: never run on it).
+    pub smoke: Option<crate::oci::smoke::SmokeRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,6 +162,7 @@ pub fn inspect(root: &Path, image: &str) -> Result<Inspection> {
             .into_iter()
             .filter(|p| p.image == name)
             .collect(),
+        smoke: crate::oci::smoke::current(root, &name, d.digest()),
     })
 }
 

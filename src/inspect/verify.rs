@@ -1,7 +1,7 @@
 //! # verify, repair and gc: every blob re-hashed, every document checked; damage restored from
 //! the cache and garbage removed under the lock
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -27,6 +27,9 @@ pub struct VerifyReport {
     pub layers_decompressed: usize,
     pub temp_files: usize,
     pub unreferenced_blobs: usize,
+    /// Files in `blobs/sha256` no image uses that are damaged (other bytes than their name says,
+    /// not a file): harmless, `gc` removes them.
+    pub unreferenced_damaged: usize,
     pub problems: Vec<String>,
     /// `--repair`: the blobs restored (from the cache, or rebuilt by the recipes given).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -42,11 +45,12 @@ pub fn verify(root: &Path) -> Result<VerifyReport> {
     if let Some(p) = store.layout_problem() {
         rep.problems.push(p);
     }
-    let present = hash_blobs(&store, &mut rep);
+    let (present, suspects) = hash_blobs(&store, &mut rep);
     let index = match store.read_index() {
         Ok(i) => i,
         Err(e) => {
             rep.problems.push(format!("{e:#}"));
+            rep.problems.extend(suspects.into_values());
             return finish(rep);
         }
     };
@@ -71,23 +75,38 @@ pub fn verify(root: &Path) -> Result<VerifyReport> {
         rep.images += 1;
         check_image(&store, &mut rep, d, &mut checked_layers);
     }
-    if let Ok(reach) = store.reachable(&index) {
+    // A damaged blob no image uses is a note (gc removes it); one an image uses, or any when
+    // what is used cannot be known, a problem.
+    let reach = store.reachable(&index).ok();
+    if let Some(reach) = &reach {
         rep.unreferenced_blobs = present.iter().filter(|p| !reach.contains(*p)).count();
+    }
+    for (name, problem) in suspects {
+        if reach.as_ref().is_some_and(|r| !r.contains(&name)) {
+            rep.unreferenced_damaged += 1;
+        } else {
+            rep.problems.push(problem);
+        }
     }
     finish(rep)
 }
 
-/// Hashes every file of `blobs/sha256`; returns the names present. A missing blob directory, a
-/// directory or other non-file where a blob goes, an unreadable blob: problems naming the path.
-fn hash_blobs(store: &Store, rep: &mut VerifyReport) -> BTreeSet<String> {
+/// Hashes every file of `blobs/sha256`; returns the names present, and the damaged entries (a
+/// directory or other non-file, bytes that do not hash to the name, unreadable) with the problem
+/// naming each path. A missing or unreadable blob directory is a problem at once.
+fn hash_blobs(
+    store: &Store,
+    rep: &mut VerifyReport,
+) -> (BTreeSet<String>, BTreeMap<String, String>) {
     let mut present = BTreeSet::new();
+    let mut suspects = BTreeMap::new();
     let blobs = store.blob_dir();
     let rd = match std::fs::read_dir(&blobs) {
         Ok(rd) => rd,
         Err(e) => {
             rep.problems
                 .push(format!("{}: cannot be read ({e})", blobs.display()));
-            return present;
+            return (present, suspects);
         }
     };
     for e in rd {
@@ -106,8 +125,7 @@ fn hash_blobs(store: &Store, rep: &mut VerifyReport) -> BTreeSet<String> {
         }
         let path = e.path();
         if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-            rep.problems
-                .push(format!("{} is not a regular file", path.display()));
+            suspects.insert(name, format!("{} is not a regular file", path.display()));
             continue;
         }
         let hashed = crate::support::fsx::open(&path)
@@ -117,17 +135,22 @@ fn hash_blobs(store: &Store, rep: &mut VerifyReport) -> BTreeSet<String> {
                 rep.blobs += 1;
                 rep.bytes += n;
                 if d.digest() != name {
-                    rep.problems
-                        .push(format!("blob {name} has digest {d} (corrupt)"));
+                    suspects.insert(
+                        name.clone(),
+                        format!("blob {name} has digest {d} (corrupt)"),
+                    );
                 }
                 present.insert(name);
             }
-            Err(err) => rep
-                .problems
-                .push(format!("{}: cannot be read ({err:#})", path.display())),
+            Err(err) => {
+                suspects.insert(
+                    name,
+                    format!("{}: cannot be read ({err:#})", path.display()),
+                );
+            }
         }
     }
-    present
+    (present, suspects)
 }
 
 /// The blob a descriptor names is a regular file of its size; else a problem.

@@ -9,7 +9,10 @@
 //! │                             renamed into place
 //! ├── blobs/sha256/.tmp-*       an interrupted write (ignored by readers, removed by the next
 //! │                             build and by `gc`)
-//! └── .strata.lock              exclusive lock held by `build` and `gc`
+//! ├── .strata.lock              exclusive lock held by `build` and `gc`
+//! ├── disks/                    qcow2 disks, their records and boot tests (`oci::disks`)
+//! ├── publications.json         every publish to Glance (`oci::disks`)
+//! └── smoke/<recipe>_<ver>.json the last `strata run --smoke` of an image (`oci::smoke`)
 //! ```
 //!
 //! Every index entry carries `org.opencontainers.image.ref.name` and `io.strata.image.name`,
@@ -313,6 +316,7 @@ impl Store {
         }
         f.sync_all()
             .with_context(|| format!("syncing {:?}", tmp.path()))?;
+        failpoint::hit("store-copy");
         self.make_room(&dest)?;
         tmp.persist(&dest)
             .with_context(|| format!("renaming blob into {dest:?}"))?;

@@ -36,6 +36,7 @@ use crate::support::error::BadInput;
 use crate::support::progress::Progress;
 
 pub mod cloud;
+pub mod docker;
 pub mod glance;
 pub mod preflight;
 pub mod session;

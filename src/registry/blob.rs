@@ -159,9 +159,17 @@ impl Client {
             match result {
                 Ok(()) => return Ok(BlobOutcome::Uploaded),
                 Err(e) if attempt < tries && worth_retrying(&e) => {
+                    let short = &blob.digest.digest()[..12];
                     if self.head_blob(repository, blob.digest)? == Some(blob.size) {
+                        self.say(&format!(
+                            "blob {short}: the upload failed ({e:#}) but the registry has it"
+                        ));
                         return Ok(BlobOutcome::Uploaded);
                     }
+                    self.say(&format!(
+                        "blob {short}: the upload failed ({e:#}); sending it again ({attempt}/{})",
+                        tries - 1
+                    ));
                     std::thread::sleep(Duration::from_millis(500 * attempt));
                 }
                 Err(e) => {
@@ -369,6 +377,10 @@ impl Client {
                     return Ok(dest);
                 }
                 Err(e) if tries < 3 && worth_retrying(&e) => {
+                    self.say(&format!(
+                        "blob {}: the download failed ({e:#}); fetching it again ({tries}/2)",
+                        &digest.digest()[..12]
+                    ));
                     std::thread::sleep(Duration::from_millis(500 * tries));
                 }
                 Err(e) => return Err(e),

@@ -155,6 +155,27 @@ impl Client {
         })
     }
 
+    /// `GET /v2/`: one clear error before any work when the registry is unreachable, speaks
+    /// no TLS, or refuses the credentials; learns how it authenticates (its challenge) once,
+    /// before concurrent requests would each meet a 401.
+    pub fn ping(&self) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        let r = self.send("GET", &url, &[], Retry::Idempotent, &|h| Ok(h.get(&url)))?;
+        match r.status().as_u16() {
+            200 => Ok(()),
+            404 => anyhow::bail!(
+                "{url} answered 404: {} does not serve the OCI distribution API there",
+                self.host
+            ),
+            _ => Err(self.status_error("GET", &url, r)),
+        }
+    }
+
+    /// One line of progress.
+    pub fn say(&self, msg: &str) {
+        self.progress.say(msg);
+    }
+
     /// The read timeout (uploads add to it).
     pub fn timeout(&self) -> Duration {
         self.opts.timeout
@@ -303,6 +324,13 @@ impl Client {
                     ));
                 }
                 Ok(r) => return Ok(r),
+                Err(e) if tls_problem(&e).is_some() => {
+                    return Err(RegistryError::Unreachable {
+                        url: url.to_string(),
+                        reason: format!("{} ({})", tls_problem(&e).unwrap_or(""), short(&e)),
+                    }
+                    .into());
+                }
                 Err(e)
                     if !last
                         && (e.is_connect() || e.is_request() || e.is_body() || e.is_timeout()) =>
@@ -358,8 +386,69 @@ impl Client {
     }
 }
 
+/// A TLS failure is not transient: no retry, and what it probably means.
+fn tls_problem(e: &reqwest::Error) -> Option<&'static str> {
+    let text = short(e);
+    if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        Some("the registry does not speak TLS on this port")
+    } else if text.contains("certificate") || text.contains("Certificate") {
+        Some("the registry's TLS certificate is not trusted by this machine")
+    } else {
+        None
+    }
+}
+
 fn scope_key(scopes: &[String]) -> String {
     let mut s = scopes.to_vec();
     s.sort();
     s.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distribution_errors_give_their_code_and_messages() {
+        let (code, msg) = error_of(
+            r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:x"},{"code":"X","message":"second"}]}"#,
+        );
+        assert_eq!(code, "MANIFEST_BLOB_UNKNOWN");
+        assert_eq!(msg, "blob unknown to registry; second");
+        let (code, msg) = error_of("<html>502 Bad Gateway</html>");
+        assert_eq!(code, "");
+        assert!(msg.contains("502"));
+    }
+
+    #[test]
+    fn scopes_key_tokens_whatever_their_order() {
+        let a = scope_key(&["repository:b:pull".into(), "repository:a:pull,push".into()]);
+        let b = scope_key(&["repository:a:pull,push".into(), "repository:b:pull".into()]);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn locations_resolve_against_the_registry() {
+        let c = Client::new(
+            "127.0.0.1:5000",
+            &Options {
+                insecure: true,
+                ..Options::default()
+            },
+            &Progress::new(true),
+        )
+        .unwrap();
+        assert_eq!(
+            c.resolve("/v2/lab/blobs/uploads/u?_state=x").unwrap(),
+            "http://127.0.0.1:5000/v2/lab/blobs/uploads/u?_state=x"
+        );
+        assert_eq!(
+            c.resolve("https://other.example/upload/1").unwrap(),
+            "https://other.example/upload/1"
+        );
+        assert_eq!(
+            c.url("team/lab", "manifests/3.3.6"),
+            "http://127.0.0.1:5000/v2/team/lab/manifests/3.3.6"
+        );
+    }
 }

@@ -50,19 +50,22 @@ pub(crate) fn with_bytes<R>(
     f: impl FnOnce() -> Result<R>,
 ) -> Result<R> {
     let task = progress.task(msg, Some(total));
-    let stop = AtomicBool::new(false);
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let out = std::thread::scope(|s| {
-        s.spawn(|| {
+        let task = &task;
+        s.spawn(move || {
             let mut shown = 0;
-            while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(200));
+            // Until `f` is done (the sender is dropped): no sleep to wait out at the end.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(std::time::Duration::from_millis(200))
+            {
                 let now = counter.load(Ordering::Relaxed);
                 task.inc(now.saturating_sub(shown));
                 shown = shown.max(now);
             }
         });
         let out = f();
-        stop.store(true, Ordering::SeqCst);
+        drop(stop);
         out
     });
     let bytes = counter.load(Ordering::Relaxed);

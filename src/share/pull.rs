@@ -93,7 +93,8 @@ fn resolve(client: &Client, r: &Reference) -> Result<Remote> {
     let repo = &r.repository;
     let reference = r.reference().expect("checked");
     let Some(m) = client.get_manifest(repo, &reference)? else {
-        let tags = client.list_tags(repo).unwrap_or_default();
+        let mut tags = client.list_tags(repo).unwrap_or_default();
+        tags.retain(|t| !t.ends_with(super::EXTRAS_SUFFIX));
         let names: Vec<&str> = tags.iter().map(String::as_str).collect();
         let hint = nearest(&reference, &names)
             .map(|n| format!(" Did you mean {n}?"))
@@ -156,10 +157,9 @@ pub fn pull(opts: &Options) -> Result<PullReport> {
     let mut clients: HashMap<String, Client> = HashMap::new();
     for r in &refs {
         if !clients.contains_key(&r.registry) {
-            clients.insert(
-                r.registry.clone(),
-                Client::new(&r.registry, &opts.registry, &progress)?,
-            );
+            let client = Client::new(&r.registry, &opts.registry, &progress)?;
+            client.ping()?;
+            clients.insert(r.registry.clone(), client);
         }
     }
     // The manifests first: a reference the registry does not have creates no store.
@@ -256,6 +256,7 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
         .as_ref()
         .map(|i| i.manifests().clone())
         .unwrap_or_default();
+    let old_recipes = record.recipes.clone();
     let mut pulled = Vec::new();
     for x in remotes {
         let (info, _) = store.put_blob_checked(&x.manifest)?;
@@ -280,7 +281,6 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
                 format!("{last}:{tag}")
             }
         };
-        let tag = crate::oci::image::split_name(&name).1.to_string();
         let entry = DescriptorBuilder::default()
             .media_type(MediaType::ImageManifest)
             .digest(x.digest.clone())
@@ -292,7 +292,11 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
                     .build()?,
             )
             .annotations(std::collections::HashMap::from([
-                (oci_spec::image::ANNOTATION_REF_NAME.to_string(), tag),
+                // Both the full name, as a build writes them (`oci::store`).
+                (
+                    oci_spec::image::ANNOTATION_REF_NAME.to_string(),
+                    name.clone(),
+                ),
                 (ANNOTATION_IMAGE_NAME.to_string(), name.clone()),
             ]))
             .build()?;
@@ -307,6 +311,7 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
             extras: x.record.is_some(),
         });
     }
+    same_settings(&old_recipes, &record, &pulled)?;
     let (record_blob, _) = store.put_blob_checked(&canonical_json(&record)?)?;
     let mut annotations = old_index
         .as_ref()
@@ -324,6 +329,35 @@ fn commit(store: &Store, remotes: &[Remote], records: &Path) -> Result<Vec<Pulle
         .build()?;
     store.write_index(&index)?;
     Ok(pulled)
+}
+
+/// One recipe, one set of settings per store: images of a recipe this pull did not replace,
+/// built with other settings than the pulled ones, would read the new settings (and make other
+/// disks). Refused, saying what to do.
+fn same_settings(
+    old: &std::collections::BTreeMap<String, crate::recipe::Settings>,
+    record: &StoreRecord,
+    pulled: &[PulledImage],
+) -> Result<()> {
+    for (recipe, before) in old {
+        if record.recipes.get(recipe) == Some(before) {
+            continue;
+        }
+        let stale: Vec<&str> = record
+            .images
+            .iter()
+            .filter(|i| i.recipe() == recipe && !pulled.iter().any(|p| p.name == i.name))
+            .map(|i| i.name.as_str())
+            .collect();
+        if !stale.is_empty() {
+            return Err(BadInput(format!(
+                "the pulled images of recipe {recipe:?} were built with other settings than this                  store's {}: pull into another store (-o DIR), or pull those images too",
+                stale.join(", ")
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Takes the pulled image's part of the remote record into the local one.

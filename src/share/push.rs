@@ -253,6 +253,7 @@ pub fn push(opts: &Options) -> Result<PushReport> {
     let blobs = blobs_of(&view, &chosen)?;
     let progress = Progress::new(opts.quiet);
     let client = Client::new(&target.registry, &opts.registry, &progress)?;
+    client.ping()?;
     let repo = target.repository.as_str();
     let total: u64 = blobs.iter().map(|b| b.size).sum();
     progress.say(format!(
@@ -356,7 +357,7 @@ fn push_manifests(
     progress: &Progress,
 ) -> Result<PushedImage> {
     let digest = c.entry.digest().clone();
-    let bytes = view.store.read_blob(&digest)?;
+    let bytes = view.store.read_blob_checked(&digest)?;
     let media_type = c.entry.media_type().to_string();
     let immutable = format!("{}-{}", c.tag, &digest.digest()[..12]);
     let immutable = if crate::registry::reference::valid_tag(&immutable) {

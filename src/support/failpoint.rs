@@ -3,8 +3,9 @@
 //! With the `failpoints` cargo feature (enabled by `scripts/test`, never in a release build),
 //! `STRATA_FAILPOINT=<name>` stops the process at that point (it says so on stderr and sleeps) so
 //! a test can kill it there. Names: `layer-write` (a layer blob half written into the cache),
-//! `store-blob` (a blob temp file in the store), `index-write` (the new index written to its temp
-//! file, not yet renamed). Without the feature, [`hit`] compiles to nothing.
+//! `store-blob` (a blob temp file in the store), `store-copy` (a layer copied into a store temp
+//! file, hashed, not yet renamed), `index-write` (the new index written to its temp file, not yet
+//! renamed). Without the feature, [`hit`] compiles to nothing.
 
 /// Stops here forever when `STRATA_FAILPOINT` names this point (feature `failpoints` only).
 #[cfg(feature = "failpoints")]

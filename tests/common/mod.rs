@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cloud;
+pub mod docker;
 pub mod proxy;
 pub mod registry;
 

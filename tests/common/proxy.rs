@@ -45,6 +45,9 @@ pub enum Fault {
     /// `to` (a registry's mount POST made to name a repository that lacks the blob, so the
     /// real registry answers 202 and opens an upload instead).
     RewriteTarget { from: String, to: String },
+    /// Forward the request; relay this many bytes of the server's answer (head included), then
+    /// cut both connections: a download dropped midway.
+    CutResponseAfterBytes(u64),
 }
 
 /// A fault for the requests whose method and path match.
@@ -367,6 +370,8 @@ struct Upstream {
     stream: TcpStream,
     /// A delay for the next bytes of the answer (DelayResponse).
     delay: Arc<Mutex<Option<Duration>>>,
+    /// Bytes of the answer still relayed before a cut (CutResponseAfterBytes).
+    cut: Arc<Mutex<Option<u64>>>,
     pump: std::thread::JoinHandle<()>,
 }
 
@@ -376,6 +381,8 @@ fn connect(shared: &Shared, client: &TcpStream) -> io::Result<Upstream> {
     let mut from = stream.try_clone()?;
     let mut to = client.try_clone()?;
     let d = delay.clone();
+    let cut: Arc<Mutex<Option<u64>>> = Arc::default();
+    let c = cut.clone();
     let pump = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -387,6 +394,17 @@ fn connect(shared: &Shared, client: &TcpStream) -> io::Result<Upstream> {
             if let Some(hold) = hold {
                 std::thread::sleep(hold);
             }
+            let left = *c.lock().unwrap();
+            if let Some(left) = left {
+                let k = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+                let _ = to.write_all(&buf[..k]);
+                if k < n || left == k as u64 {
+                    let _ = from.shutdown(Shutdown::Both);
+                    break;
+                }
+                *c.lock().unwrap() = Some(left - k as u64);
+                continue;
+            }
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }
@@ -397,6 +415,7 @@ fn connect(shared: &Shared, client: &TcpStream) -> io::Result<Upstream> {
     Ok(Upstream {
         stream,
         delay,
+        cut,
         pump,
     })
 }
@@ -476,6 +495,11 @@ fn serve(client: TcpStream, shared: &Shared) {
         if let Some(Fault::DelayResponse(d)) = fault {
             *up.delay.lock().unwrap() = Some(d);
         }
+        // A cut applies to this request's answer only.
+        *up.cut.lock().unwrap() = match fault {
+            Some(Fault::CutResponseAfterBytes(n)) => Some(n),
+            _ => None,
+        };
         let limit = match fault {
             Some(Fault::CutAfterRequestBytes(n)) => Some(n),
             _ => None,
@@ -784,6 +808,40 @@ mod tests {
             t.elapsed() < Duration::from_millis(300),
             "{:?}",
             t.elapsed()
+        );
+    }
+
+    #[test]
+    fn rewrite_target_changes_the_request_line_only() {
+        let (up, log) = server();
+        let p = Proxy::start(up);
+        p.add(Rule::new(
+            "POST",
+            "from=src",
+            Fault::RewriteTarget {
+                from: "from=src".into(),
+                to: "from=nowhere".into(),
+            },
+        ));
+        let (mut c, mut r) = client(&p);
+        send(
+            &mut c,
+            "POST",
+            "/v2/x/blobs/uploads/?mount=d&from=src",
+            b"{}",
+        )
+        .unwrap();
+        assert_eq!(
+            response(&mut r),
+            Some((
+                200,
+                "POST /v2/x/blobs/uploads/?mount=d&from=nowhere 2".into()
+            ))
+        );
+        assert_eq!(log.lock().unwrap().requests[0].2, b"{}");
+        assert_eq!(
+            p.requests()[0].target,
+            "/v2/x/blobs/uploads/?mount=d&from=src"
         );
     }
 

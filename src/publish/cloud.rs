@@ -12,64 +12,14 @@
 //!   its value.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::Deserialize;
 
 use crate::support::error::{BadInput, Located};
+pub use crate::support::secret::Secret;
 use crate::support::suggest::nearest;
-
-/// A password, application-credential secret or token: shown as `***` everywhere.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The value, for the one place that sends it (the Keystone request body or a header).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    /// Any scalar is taken as text (a numeric password is still a password), so a type error
-    /// can never quote the value.
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Secret;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Secret, E> {
-                Ok(Secret(v.to_owned()))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
 
 /// `clouds.<name>.auth` (and its `OS_*` twins).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -306,7 +256,7 @@ fn from_env() -> Result<Cloud> {
         auth_url: env("OS_AUTH_URL"),
         username: env("OS_USERNAME"),
         user_id: env("OS_USER_ID"),
-        password: env("OS_PASSWORD").map(Secret),
+        password: env("OS_PASSWORD").map(Secret::new),
         user_domain_name: env("OS_USER_DOMAIN_NAME"),
         user_domain_id: env("OS_USER_DOMAIN_ID"),
         project_name: env("OS_PROJECT_NAME").or_else(|| env("OS_TENANT_NAME")),
@@ -317,8 +267,8 @@ fn from_env() -> Result<Cloud> {
         domain_id: env("OS_DOMAIN_ID"),
         application_credential_id: env("OS_APPLICATION_CREDENTIAL_ID"),
         application_credential_name: env("OS_APPLICATION_CREDENTIAL_NAME"),
-        application_credential_secret: env("OS_APPLICATION_CREDENTIAL_SECRET").map(Secret),
-        token: env("OS_TOKEN").map(Secret),
+        application_credential_secret: env("OS_APPLICATION_CREDENTIAL_SECRET").map(Secret::new),
+        token: env("OS_TOKEN").map(Secret::new),
     };
     let raw = RawCloud {
         auth,

@@ -430,21 +430,8 @@ impl Session {
     }
 }
 
-/// An error's chain on one line, without the URL reqwest repeats.
-fn short(e: &reqwest::Error) -> String {
-    let mut s = String::new();
-    let mut cur: Option<&dyn std::error::Error> = Some(e);
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            if !s.is_empty() {
-                s.push_str(": ");
-            }
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
+fn short(e: &dyn std::error::Error) -> String {
+    crate::support::error::chain_line(e)
 }
 
 #[cfg(test)]

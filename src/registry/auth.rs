@@ -14,7 +14,6 @@
 //! goes on the requests. Passwords and tokens are [`Secret`]s: never printed, never serialised.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,26 +22,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::support::error::BadInput;
-
-/// A password or token: `Debug` prints `***`, there is no `Display`, no `Serialize`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The value, for the one place that sends it (a header).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use crate::support::secret::Secret;
 
 /// A user name and password for one registry.
 #[derive(Debug, Clone, PartialEq, Eq)]

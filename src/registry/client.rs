@@ -117,21 +117,8 @@ pub fn error_of(body: &str) -> (String, String) {
     }
 }
 
-/// An error's chain on one line.
 fn short(e: &dyn std::error::Error) -> String {
-    let mut s = String::new();
-    let mut cur: Option<&dyn std::error::Error> = Some(e);
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            if !s.is_empty() {
-                s.push_str(": ");
-            }
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
+    crate::support::error::chain_line(e)
 }
 
 impl Client {

@@ -154,6 +154,23 @@ pub struct ChecksumMismatch {
 #[error("the store is damaged: {} problem(s); first: {}", .0.len(), .0.first().map(String::as_str).unwrap_or(""))]
 pub struct Damaged(pub Vec<String>);
 
+/// An error's chain on one line, each message once (HTTP clients repeat the URL and the cause).
+pub fn chain_line(e: &dyn std::error::Error) -> String {
+    let mut s = String::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            if !s.is_empty() {
+                s.push_str(": ");
+            }
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,5 +11,6 @@ pub mod failpoint;
 pub mod fsx;
 pub mod hash;
 pub mod progress;
+pub mod secret;
 pub mod suggest;
 pub mod units;

@@ -36,13 +36,7 @@ fn lab() -> Option<&'static Lab> {
         if !require("mmdebstrap") {
             return None;
         }
-        let dir = repo().join("target/lab-test");
-        let (store, cache) = (dir.join("output"), dir.join("cache"));
-        let mut c = strata(&cache);
-        c.current_dir(repo())
-            .args(["build", "-q", "-o"])
-            .arg(&store);
-        ok(c);
+        let (store, cache) = lab_store();
         let manifest = index_digests(&store)[IMAGE].clone();
         let m = blob_json(&store, &manifest);
         let config_digest = m["config"]["digest"].as_str().unwrap().to_string();

@@ -32,25 +32,9 @@ fn lab() -> Option<&'static Lab> {
         if !require("mmdebstrap") || !strata::disk::TOOLS.iter().all(|t| require(t)) {
             return None;
         }
-        let dir = repo().join("target/lab-test");
-        let (store, cache) = (dir.join("output"), dir.join("cache"));
-        let mut c = strata(&cache);
-        c.current_dir(repo())
-            .args(["build", "-q", "-o"])
-            .arg(&store);
-        ok(c);
-        // The disk, unless the lab test (or an earlier run) made it from this very image.
+        let (store, cache) = lab_store();
         let manifest = index_digests(&store)[IMAGE].clone();
-        let record = store.join("disks/hadoop-lab_3.3.6.disk.json");
-        let current = std::fs::read(&record)
-            .ok()
-            .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
-            .is_some_and(|r| r["manifest"] == manifest.as_str());
-        if !current {
-            let mut c = strata(&cache);
-            c.args(["disk", IMAGE, "-q", "-o"]).arg(&store);
-            ok(c);
-        }
+        lab_disk(&store, &cache, IMAGE);
         Some(Lab {
             disk: store.join("disks/hadoop-lab_3.3.6.qcow2"),
             manifest,

@@ -94,25 +94,11 @@ fn lab() -> Option<&'static Lab> {
         {
             return None;
         }
-        let dir = repo().join("target/lab-test");
-        let (store, cache) = (dir.join("output"), dir.join("cache"));
-        let mut c = strata(&cache);
-        c.current_dir(repo())
-            .args(["build", "-q", "-o"])
-            .arg(&store);
-        ok(c);
-        let manifest = index_digests(&store)[IMAGE].clone();
-        let record = store.join("disks/hadoop-lab_3.3.6.disk.json");
-        let read =
-            || -> Option<Value> { serde_json::from_slice(&std::fs::read(&record).ok()?).ok() };
-        if !read().is_some_and(|r| r["manifest"] == manifest.as_str()) {
-            let mut c = strata(&cache);
-            c.args(["disk", IMAGE, "-q", "-o"]).arg(&store);
-            ok(c);
-        }
+        let (store, cache) = lab_store();
+        let disk = lab_disk(&store, &cache, IMAGE);
         Some(Lab {
             store,
-            disk_sha256: read().unwrap()["sha256"].as_str().unwrap().to_string(),
+            disk_sha256: disk["sha256"].as_str().unwrap().to_string(),
         })
     })
     .as_ref()

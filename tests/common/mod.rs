@@ -552,3 +552,33 @@ pub fn lab_public_recipe(dir: &Path) -> PathBuf {
     std::fs::write(&path, src).unwrap();
     path
 }
+
+/// The lab store and its cache (`target/lab-test`): one lab build per test run, shared by the
+/// lab, disk, publish, share and docker tests (a no-op when another test binary built it first).
+/// Returns (store, cache).
+pub fn lab_store() -> (PathBuf, PathBuf) {
+    let dir = repo().join("target/lab-test");
+    let (store, cache) = (dir.join("output"), dir.join("cache"));
+    let mut c = strata(&cache);
+    c.current_dir(repo())
+        .args(["build", "-q", "-o"])
+        .arg(&store);
+    ok(c);
+    (store, cache)
+}
+
+/// The disk record of `image` in the lab store, made now unless one from this very image is
+/// already there (the lab test or an earlier run made it).
+pub fn lab_disk(store: &Path, cache: &Path, image: &str) -> serde_json::Value {
+    let manifest = index_digests(store)[image].clone();
+    let record = store.join(format!("disks/{}.disk.json", image.replace(':', "_")));
+    let read = || -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(&record).ok()?).ok()
+    };
+    if !read().is_some_and(|r| r["manifest"] == manifest.as_str()) {
+        let mut c = strata(cache);
+        c.args(["disk", image, "-q", "-o"]).arg(store);
+        ok(c);
+    }
+    read().expect("the disk record")
+}

@@ -1077,3 +1077,77 @@ fn a_download_cut_midway_is_fetched_again_and_the_store_verifies() {
     c.args(["verify", "-o"]).arg(dir.path());
     ok(c);
 }
+
+/// `[base] source = "oci"` from a registry: a recipe built on `tiny:base` pulled from the
+/// registry gives the same images as the same recipe built on the same image from a local
+/// layout; `plan` writes nothing and says the base is not pulled until a build pulls it; a tag
+/// the registry lacks and a malformed reference are bad input.
+#[test]
+fn a_base_image_from_a_registry_builds_the_same_images_as_from_a_layout() {
+    let Some(reg) = Registry::start(Auth::Anonymous) else {
+        return;
+    };
+    let (project, store) = tiny();
+    let repo = format!("{}/tiny-bases", reg.host);
+    let o = push_json(&store, &repo, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The same recipe twice: on the layout, and on the registry's copy (each its own cache).
+    let recipe_on = |base: &str| -> Project {
+        let p = Project::new();
+        p.edit_recipe(|s| {
+            let at = s.find("[base]").unwrap();
+            let end = at + s[at..].find("\n[jdk").unwrap();
+            format!(
+                "{}[base]\nsource = \"oci\"\n{base}\n[user]\nreuse-existing = true\n{}",
+                &s[..at],
+                &s[end..]
+            )
+        });
+        p
+    };
+    let on = |base: &str, out: &str, cache: &str| -> (Output, PathBuf) {
+        let p = recipe_on(base);
+        let out = project.root().join(out);
+        let mut c = strata(&project.root().join(cache));
+        c.env("PATH", bare_path())
+            .args(["build", "--json", "--insecure", "-o"])
+            .arg(&out)
+            .arg(p.recipe());
+        (run(c), out)
+    };
+    let local = format!("path = \"{}\"\nref = \"tiny:base\"", store.display());
+    let (o, from_layout) = on(&local, "from-layout", "cache-a");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let remote = format!("image = \"{repo}:base\"");
+    // Before any build: plan asks no registry and writes nothing; the layers on the base wait.
+    let p = recipe_on(&remote);
+    let mut c = strata(&project.root().join("cache-b"));
+    c.args(["plan", "--json"]).arg(p.recipe());
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["base-ready"], false, "{}", json(&o));
+    assert!(
+        !project.root().join("cache-b").exists(),
+        "plan wrote nothing"
+    );
+    let (o, from_registry) = on(&remote, "from-registry", "cache-b");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        index_digests(&from_registry),
+        index_digests(&from_layout),
+        "the same base bytes give the same images"
+    );
+    assert!(
+        project.root().join("cache-b/oci-bases/refs").is_dir(),
+        "pulled into the cache"
+    );
+
+    // A tag the registry lacks; a reference that is not one.
+    let (o, _) = on(&format!("image = \"{repo}:nope\""), "x1", "cache-c");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no such image"), "{}", stderr(&o));
+    let (o, _) = on("image = \"not a reference\"", "x2", "cache-c");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("base.image"), "{}", stderr(&o));
+}

@@ -30,6 +30,7 @@ use crate::support::progress::Progress;
 
 pub mod budget;
 mod commit;
+mod oci_base;
 pub mod plan;
 mod produce;
 pub mod remote;
@@ -153,7 +154,14 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
     let cache = open_cache(opts)?;
     let remote = remote::Remote::open(&opts.remote, &progress)?;
     let known = |key: &str| remote.base_facts(key, &cache);
-    let inputs = Inputs::prepare(recipe, &cache, opts.refresh_base, &known, &progress)?;
+    let inputs = Inputs::prepare(
+        recipe,
+        &cache,
+        opts.refresh_base,
+        &known,
+        &opts.remote.registry,
+        &progress,
+    )?;
     let (plan, origins) = plan_with_remote(recipe, opts, inputs, &cache, &remote, &progress)?;
 
     // Every layer the selected images need, built or found, before the store is touched.

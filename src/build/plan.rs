@@ -160,10 +160,15 @@ impl Inputs {
         cache: &Cache,
         refresh_base: bool,
         known: &dyn Fn(&str) -> Option<KnownBase>,
+        registry: &crate::registry::Options,
         progress: &Progress,
     ) -> Result<Inputs> {
         let base = match &recipe.base {
             Base::Oci { path, reference } => oci_state(cache, path, reference)?,
+            Base::OciRegistry { image } => {
+                let layout = super::oci_base::ensure(cache, image, registry, progress)?;
+                oci_state(cache, &layout, super::oci_base::REF_NAME)?
+            }
             b => {
                 let key = base_key(recipe, cache)?;
                 let dir = cache.base_dir(&key);
@@ -211,6 +216,12 @@ impl Inputs {
     pub fn look(recipe: &Recipe, cache: &Cache) -> Result<Inputs> {
         let base = match &recipe.base {
             Base::Oci { path, reference } => oci_state(cache, path, reference)?,
+            Base::OciRegistry { image } => match super::oci_base::pulled(cache, image) {
+                Some(layout) => oci_state(cache, &layout, super::oci_base::REF_NAME)?,
+                None => BaseState::Unbuilt {
+                    key: format!("{image} (not pulled yet)"),
+                },
+            },
             _ => {
                 let key = base_key(recipe, cache)?;
                 let dir = cache.base_dir(&key);

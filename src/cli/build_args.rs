@@ -64,11 +64,8 @@ impl RemoteCacheArgs {
             .as_deref()
             .map(|s| parse_ref("--cache-to", s))
             .transpose()?;
-        let registry = if from.is_empty() && to.is_none() {
-            crate::registry::Options::default()
-        } else {
-            self.registry.options()?
-        };
+        // Also for a base image in a registry (`[base] image`), whether or not a cache is named.
+        let registry = self.registry.options()?;
         Ok(build::remote::RemoteOptions {
             from,
             to,

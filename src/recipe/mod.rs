@@ -55,6 +55,11 @@ pub enum Base {
         path: PathBuf,
         reference: String,
     },
+    /// An OCI image in a registry (`[base] source = "oci"`, `image = "REGISTRY/REPO:TAG"`),
+    /// pulled by `build` into the cache by its manifest digest.
+    OciRegistry {
+        image: String,
+    },
 }
 
 /// Where a download comes from.

@@ -144,6 +144,9 @@ pub struct RawBase {
     pub sha256: Option<String>,
     #[serde(default, rename = "ref")]
     pub reference: Option<String>,
+    /// oci: an image in a registry (`REGISTRY/REPO:TAG` or `@sha256:…`) instead of a layout.
+    #[serde(default)]
+    pub image: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

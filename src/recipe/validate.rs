@@ -179,12 +179,31 @@ fn base(cx: &Ctx, raw: &Spanned<RawBase>, root: &Path) -> Result<Base, Located> 
     let rb = raw.get_ref();
     match rb.source.get_ref().as_str() {
         "mmdebstrap" => Ok(mmdebstrap(rb)),
+        "oci" if rb.image.is_some() => {
+            let img = rb.image.as_ref().expect("checked");
+            let s = img.get_ref();
+            if rb.path.is_some() || rb.reference.is_some() {
+                return Err(cx.err(
+                    img.span(),
+                    "base.image",
+                    "give either `image` (a registry) or `path` (and `ref`, a local layout), not both",
+                ));
+            }
+            if s.is_empty() || !s.contains('/') || s.chars().any(|c| c.is_whitespace()) {
+                return Err(cx.err(
+                    img.span(),
+                    "base.image",
+                    format!("{s:?} is not an image reference: REGISTRY/REPO[:TAG][@sha256:…]"),
+                ));
+            }
+            Ok(Base::OciRegistry { image: s.clone() })
+        }
         "tarball" | "oci" => {
             let Some(p) = &rb.path else {
                 return Err(cx.err(
                     raw.span(),
                     "base.path",
-                    "a tarball or oci base needs `path`",
+                    "a tarball base needs `path`; an oci base `path` (a layout) or `image` (a registry)",
                 ));
             };
             let path = resolve(root, p.get_ref());
@@ -1141,7 +1160,7 @@ mod tests {
                 base_with("source = \"tarball\"\n"),
                 "base.path",
                 5,
-                "a tarball or oci base needs `path`",
+                "a tarball base needs `path`",
                 None,
             ),
             (
@@ -1149,7 +1168,23 @@ mod tests {
                 base_with("source = \"oci\"\n"),
                 "base.path",
                 5,
-                "a tarball or oci base needs `path`",
+                "an oci base `path` (a layout) or `image` (a registry)",
+                None,
+            ),
+            (
+                "oci image and path",
+                base_with("source = \"oci\"\nimage = \"r.example/x:1\"\npath = \"p\"\n"),
+                "base.image",
+                7,
+                "not both",
+                None,
+            ),
+            (
+                "oci image not a reference",
+                base_with("source = \"oci\"\nimage = \"x\"\n"),
+                "base.image",
+                7,
+                "is not an image reference",
                 None,
             ),
         ]);

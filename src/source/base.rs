@@ -185,7 +185,7 @@ pub fn ensure_base(
             }
             crate::support::fsx::rename(&tmp, &rootfs)?;
         }
-        Base::Oci { .. } => bail!("an OCI base has no rootfs tarball"),
+        Base::Oci { .. } | Base::OciRegistry { .. } => bail!("an OCI base has no rootfs tarball"),
     }
     let entries = read_rootfs(&rootfs, epoch).with_context(|| match base {
         Base::Tarball { path, .. } => format!("reading the base tarball {}", path.display()),

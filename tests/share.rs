@@ -1150,4 +1150,19 @@ fn a_base_image_from_a_registry_builds_the_same_images_as_from_a_layout() {
     let (o, _) = on("image = \"not a reference\"", "x2", "cache-c");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("base.image"), "{}", stderr(&o));
+
+    // The registry gone: the copy pulled before builds the same images, with a warning; a
+    // cache that never pulled it fails, naming the registry.
+    drop(reg);
+    let (o, again) = on(&remote, "again", "cache-b");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pulled before"), "{}", stderr(&o));
+    assert_eq!(index_digests(&again), index_digests(&from_layout));
+    let (o, _) = on(&remote, "x3", "cache-d");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot reach the registry"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -4,8 +4,9 @@
 //! digest, `cache/oci-bases/<hex>/` (blobs verified while streaming, the index written last),
 //! and remembers which digest the reference named in `cache/oci-bases/refs/<sha256 of the
 //! reference>`; from there the base is an OCI layout like any other (`Base::Oci`). A reference
-//! by digest (`@sha256:…`) pins the base; a tag is resolved again on every build (one manifest
-//! request), so a moved tag gives a new base — and new layer keys above it.
+//! by digest (`@sha256:…`) pins the base and, once pulled, asks nothing; a tag is resolved
+//! again on every build (one manifest request), so a moved tag gives a new base — and new layer
+//! keys above it. An unreachable registry falls back, with a warning, to the copy pulled before.
 //!
 //! `plan` writes nothing and asks no registry: it uses the layout a build pulled for the same
 //! reference, else the base is "not pulled yet" and the layers on it wait.
@@ -73,15 +74,32 @@ pub fn ensure(
     progress: &Progress,
 ) -> Result<PathBuf> {
     let r = parse(image)?;
-    let client = Client::new(&r.registry, opts, progress)?;
+    // Pinned by digest and pulled before: nothing to ask.
+    if let Some(d) = &r.digest
+        && let Some(layout) = pulled(cache, image)
+        && layout.ends_with(d.digest())
+    {
+        return Ok(layout);
+    }
     let wanted = r.reference().expect("parse checked");
-    let fetched = client
-        .get_manifest(&r.repository, &wanted)?
-        .ok_or_else(|| {
-            BadInput(format!(
-                "[base] image = {image:?}: the registry has no such image"
-            ))
-        })?;
+    let asked = Client::new(&r.registry, opts, progress)
+        .and_then(|c| Ok((c.get_manifest(&r.repository, &wanted)?, c)));
+    let (fetched, client) = match asked {
+        Ok(x) => x,
+        // A tag pulled before: an unreachable registry does not stop the build.
+        Err(e) if unreachable(&e) && pulled(cache, image).is_some() => {
+            progress.say(format!(
+                "warning: {e:#}; building on the copy of {image} pulled before"
+            ));
+            return Ok(pulled(cache, image).expect("checked"));
+        }
+        Err(e) => return Err(e),
+    };
+    let fetched = fetched.ok_or_else(|| {
+        BadInput(format!(
+            "[base] image = {image:?}: the registry has no such image"
+        ))
+    })?;
     let (media_type, bytes) = match fetched.media_type.as_str() {
         OCI_MANIFEST => (fetched.media_type, fetched.bytes),
         OCI_INDEX => {
@@ -111,6 +129,15 @@ pub fn ensure(
     crate::support::fsx::create_dir_all(&dir(cache).join("refs"))?;
     crate::support::fsx::atomic_write(&ref_memo(cache, image), digest.digest().as_bytes())?;
     Ok(layout)
+}
+
+fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::registry::RegistryError>(),
+            Some(crate::registry::RegistryError::Unreachable { .. })
+        )
+    })
 }
 
 /// The linux/amd64 manifest of an index.

@@ -87,6 +87,21 @@ impl View {
             .with_context(|| format!("parsing config {}", m.config().digest()))
     }
 
+    /// The fingerprint of the cluster key an image that takes its key at boot expects (its
+    /// config's label), for `publish` and `run` to find the matching private key.
+    pub fn key_fingerprint(&self, name: &str, d: &Descriptor) -> Result<String> {
+        let m = self.manifest(d)?;
+        let config = self.config(&m)?.config().clone().unwrap_or_default();
+        config
+            .labels()
+            .as_ref()
+            .and_then(|l| l.get(crate::oci::image::LABEL_KEY_FINGERPRINT))
+            .cloned()
+            .with_context(|| {
+                format!("{name} takes its key at boot but has no key fingerprint label")
+            })
+    }
+
     pub fn image_record(&self, name: &str) -> Option<&ImageRecord> {
         self.record.image(name)
     }

@@ -234,16 +234,8 @@ pub fn publish(
         check_visibility(opts, &name, record)?;
         let keys_at_boot = match settings {
             Some(s) if record.keys_at_boot => {
-                let m = view.manifest(&desc)?;
-                let labels = view.config(&m)?.config().clone().unwrap_or_default();
-                let fingerprint = labels
-                    .labels()
-                    .as_ref()
-                    .and_then(|l| l.get(crate::oci::image::LABEL_KEY_FINGERPRINT))
-                    .cloned()
-                    .with_context(|| {
-                        format!("{name} takes its key at boot but has no key fingerprint label")
-                    })?;
+                let fingerprint = view.key_fingerprint(&name, &desc)?;
+
                 Some(KeysAtBoot {
                     fingerprint,
                     key: s.ssh.key.clone(),

@@ -419,16 +419,7 @@ fn setup(v: &View, name: &str, desc: &Descriptor, opts: &RunOptions) -> Result<S
     if let Some(r) = v.image_record(name)
         && r.keys_at_boot
     {
-        let m = v.manifest(desc)?;
-        let labels = v.config(&m)?.config().clone().unwrap_or_default();
-        let fingerprint = labels
-            .labels()
-            .as_ref()
-            .and_then(|l| l.get(crate::oci::image::LABEL_KEY_FINGERPRINT))
-            .cloned()
-            .with_context(|| {
-                format!("{name} takes its key at boot but has no fingerprint label")
-            })?;
+        let fingerprint = v.key_fingerprint(name, desc)?;
         let from_recipe = settings.and_then(|s| s.ssh.key.clone());
         let key = crate::source::keys::for_image(r.recipe(), from_recipe.as_deref(), &fingerprint)?;
         let secret = crate::source::keys::SECRET_FILE;

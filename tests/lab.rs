@@ -27,7 +27,7 @@ fn lab() -> Option<&'static Lab> {
         let _ = std::fs::remove_dir_all(&store);
         let mut c = strata(&cache);
         c.current_dir(repo())
-            .args(["build", "--json", "-o"])
+            .args(["build", "--disks", "--json", "-o"])
             .arg(&store);
         let out = ok(c);
         Some(Lab {
@@ -323,27 +323,81 @@ fn lab_java_and_the_memory_derived_env_work_in_the_image() {
 #[test]
 fn lab_rebuilt_from_scratch_gives_the_same_digests() {
     let Some(lab) = lab() else { return };
-    // A second build with no cache at all: mmdebstrap runs again for the base and the JDK.
+    // A second build from an empty cache: mmdebstrap runs again for the base and the JDK (the
+    // JDK's run starts from the base's root filesystem; every package is downloaded once, into
+    // the new cache's debs/). No disk packages without --disks.
     let tmp = tempfile::tempdir_in(repo().join("target")).unwrap();
-    let store = tmp.path().join("output");
-    let mut c = strata(&tmp.path().join("cache"));
-    c.current_dir(repo())
-        .args(["build", "--no-cache", "--json", "-o"])
-        .arg(&store);
-    let r = json(&ok(c));
+    let (store, cache) = (tmp.path().join("output"), tmp.path().join("cache"));
+    let build = |disks: bool| {
+        let mut c = strata(&cache);
+        c.current_dir(repo())
+            .args(["build", "--json", "-o"])
+            .arg(&store);
+        if disks {
+            c.arg("--disks");
+        }
+        json(&ok(c))
+    };
+    let r = build(false);
     assert_eq!(r["layers-cached"], 0, "{r}");
+    let built = |r: &serde_json::Value| -> Vec<String> {
+        let layers = r["layers"].as_array().unwrap().iter();
+        let built = layers.filter(|l| l["from"] == "built");
+        built
+            .map(|l| l["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        !built(&r).iter().any(|n| n == "disk-packages" || n == "vm"),
+        "a build without --disks makes no disk layer: {r}"
+    );
     assert_eq!(
         index_digests(&store),
         index_digests(&lab.store),
         "mmdebstrap bases must be byte-identical"
     );
+    // Every package the two runs installed is in the cache once, with its SHA-256 beside it.
+    let debs: Vec<_> = std::fs::read_dir(cache.join("debs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    assert!(
+        debs.len() > 100,
+        "the base and the JDK install more: {debs:?}"
+    );
+    assert!(
+        debs.iter()
+            .any(|p| p.to_string_lossy().contains("openjdk-11"))
+    );
+    for d in &debs {
+        let hex = std::fs::read_to_string(format!("{}.sha256", d.display())).unwrap();
+        let data = std::fs::read(d).unwrap();
+        assert_eq!(
+            hex,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)),
+            "{}",
+            d.display()
+        );
+    }
+    // `strata disk` says how to get what the disk adds; --disks then builds only that.
+    let mut c = strata(&cache);
+    c.args(["disk", "hadoop-lab:3.4.1", "-q", "-o"]).arg(&store);
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("strata build --disks"),
+        "{}",
+        stderr(&o)
+    );
+    let r = build(true);
+    let mut disk_built = built(&r);
+    disk_built.sort();
+    assert_eq!(disk_built, ["disk-packages", "vm"], "{r}");
     // The disks of the two stores (built with separate caches) are byte-identical too.
     if disk_tools() {
         let mut disks = Vec::new();
-        for (s, cache) in [
-            (&lab.store, &lab.cache),
-            (&store, &tmp.path().join("cache")),
-        ] {
+        for (s, cache) in [(&lab.store, &lab.cache), (&store, &cache)] {
             let mut c = strata(cache);
             c.args(["disk", "hadoop-lab:3.4.1", "-q", "-o"]).arg(s);
             ok(c);
@@ -641,7 +695,7 @@ fn public() -> Option<&'static Public> {
             let mut c = strata(&lab.cache);
             c.arg("build")
                 .arg(&recipe)
-                .args(["--json", "-o"])
+                .args(["--disks", "--json", "-o"])
                 .arg(&store);
             let start = std::time::Instant::now();
             let out = ok(c);

@@ -575,7 +575,10 @@ fn an_image_taking_its_key_at_boot_may_be_public_and_comes_with_its_user_data() 
     let store = dir.join("public-output");
     let recipe = lab_public_recipe(&dir);
     let mut c = strata(&lab.cache);
-    c.arg("build").arg(&recipe).args(["-q", "-o"]).arg(&store);
+    c.arg("build")
+        .arg(&recipe)
+        .args(["--disks", "-q", "-o"])
+        .arg(&store);
     ok(c);
     let keys = tempfile::tempdir().unwrap();
     let mut c = strata(&lab.cache);

@@ -55,6 +55,8 @@ pub struct Options {
     pub repairing: bool,
     /// `--cache-from`, `--cache-to`: remote layer caches ([`remote`]).
     pub remote: remote::RemoteOptions,
+    /// `--disks`: build the disk-only package layers even when no cache holds them.
+    pub disks: bool,
 }
 
 /// What `build` did, for people and for `--json`.
@@ -269,6 +271,7 @@ fn plan_with_remote<'r>(
 ) -> Result<(plan::Plan<'r>, HashMap<String, String>)> {
     let mut plan = make_plan(recipe, inputs, &opts.only)?;
     let mut origins = remote.fetch_missing(&plan, cache)?;
+    leave_out_unbuilt_disks(&mut plan, opts, cache, progress)?;
     let Some(known) = plan.base_facts.clone().filter(|_| plan.base.is_none()) else {
         return Ok((plan, origins));
     };
@@ -304,7 +307,37 @@ fn plan_with_remote<'r>(
     };
     plan = make_plan(recipe, inputs, &opts.only)?;
     origins.extend(remote.fetch_missing(&plan, cache)?);
+    leave_out_unbuilt_disks(&mut plan, opts, cache, progress)?;
     Ok((plan, origins))
+}
+
+/// Without `--disks`, a version's disk layers stay in the plan only when no disk-only package
+/// layer of it would have to be built (one more mmdebstrap run): the cache (or a remote cache,
+/// fetched just before) holds them. Its images are the same either way; their record then names
+/// no disk layers, and `strata disk` asks for `build --disks`.
+fn leave_out_unbuilt_disks(
+    plan: &mut plan::Plan,
+    opts: &Options,
+    cache: &Cache,
+    progress: &Progress,
+) -> Result<()> {
+    if opts.disks {
+        return Ok(());
+    }
+    let mut unbuilt = std::collections::BTreeSet::new();
+    for layers in plan.disk_layers.values() {
+        for &idx in layers {
+            let pl = &plan.layers[idx];
+            if matches!(pl.producer, Producer::Disk(_))
+                && produce::cached_layer(cache, &pl.key, &pl.name, progress)?.is_none()
+            {
+                unbuilt.insert(idx);
+            }
+        }
+    }
+    plan.disk_layers
+        .retain(|_, layers| !layers.iter().any(|i| unbuilt.contains(i)));
+    Ok(())
 }
 
 /// An image built to take its key at boot must hold no private key at all: a layer directory

@@ -15,6 +15,10 @@ pub(super) const BUILD_HELP: &str = "\
 A layer whose inputs did not change is taken from the cache; a no-op rebuild compresses nothing.
 The store is updated atomically at the end: a failed build leaves it as it was.
 
+Disks: what a bootable disk adds to an image ([disk] packages: the kernel, systemd…) is one more
+mmdebstrap run, made only with --disks (or when the cache already holds it). `strata disk` and
+`strata publish` need it: `strata build --disks` once, then `strata disk IMAGE`.
+
 Remote layer cache: --cache-from REGISTRY/REPO looks up, by key, each layer the local cache lacks
 and the base's facts, so a runner with an empty cache fetches what another runner built instead
 of building it (no mmdebstrap when the cache holds the base and the layers on it). Every fetched
@@ -80,6 +84,7 @@ pub(super) fn build_command(cli: &Cli) -> Result<()> {
     let Command::Build {
         recipe,
         refresh_base,
+        disks,
         remote,
     } = &cli.command
     else {
@@ -89,6 +94,7 @@ pub(super) fn build_command(cli: &Cli) -> Result<()> {
     let r = load_recipe(&recipe.recipe)?;
     let opts = build::Options {
         remote,
+        disks: *disks,
         ..options(cli, recipe, *refresh_base)
     };
     match build::build(&r, &opts) {

@@ -150,6 +150,11 @@ pub enum Command {
         /// Build the base root filesystem again (takes Debian security updates).
         #[arg(long)]
         refresh_base: bool,
+        /// Also build what each version's bootable disk adds (`[disk] packages`: kernel,
+        /// systemd…, one more mmdebstrap run), needed by `strata disk` and `publish`. Without
+        /// it, disk layers already in the cache are kept and the others are left out.
+        #[arg(long)]
+        disks: bool,
         #[command(flatten)]
         remote: RemoteCacheArgs,
     },
@@ -509,6 +514,7 @@ fn options(cli: &Cli, r: &RecipeArgs, refresh_base: bool) -> build::Options {
         quiet: cli.quiet,
         overrides: r.policy.overrides(),
         repairing: false,
+        disks: false,
     }
 }
 

@@ -201,6 +201,13 @@ fn source(v: &View, query: &str) -> Result<Source> {
         ))
         .into());
     };
+    if !spec.packages.is_empty() && rec.disk_layers.is_empty() {
+        return Err(BadInput(format!(
+            "{name} was built without what its disk adds ([disk] packages): run `strata build --disks` with its recipe ({}) into this store, then `strata disk {name}` again",
+            rec.recipe()
+        ))
+        .into());
+    }
     let manifest = v.manifest(&desc)?;
     let labels = v
         .config(&manifest)?

@@ -9,8 +9,11 @@
 //! every run) is dropped, and the Java `cacerts` keystore gets fixed entry dates.
 //!
 //! A JDK from Debian packages is the difference between the base and the base plus the JDK's
-//! packages, built by a second mmdebstrap run with the same arguments: whatever it adds or changes
-//! (and a whiteout for what it removes) becomes the JDK layer, shared by every version using it.
+//! packages, built by a second mmdebstrap run with the same arguments that starts from the base's
+//! root filesystem (unpacked by a setup hook, so apt installs only the JDK and what it needs):
+//! whatever it adds or changes (and a whiteout for what it removes) becomes the JDK layer, shared
+//! by every version using it. The disk packages are a third run, started from the base + JDK.
+//! Every run shares the cache's Debian packages ([`debs`]): each is downloaded once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,7 @@ use crate::cache::Cache;
 use crate::layer::{self, Content, Entry, Kind, TarPolicy};
 use crate::recipe::{Base, Jdk, JdkSource};
 use crate::source::accounts::BaseAccounts;
+use crate::source::debs;
 use crate::support::hash::key_of;
 use crate::support::progress::Progress;
 
@@ -54,6 +58,20 @@ pub fn base_key(base: &Base, epoch: u64, tar_sha256: Option<&str>) -> String {
 /// Bumped when [`normalize_rootfs`] changes.
 const NORMALIZE_VERSION: u32 = 1;
 
+/// Where one mmdebstrap run starts and which package cache it shares.
+#[derive(Default)]
+pub struct Stage<'a> {
+    /// An earlier stage's root filesystem tar, unpacked before apt runs: the run installs only
+    /// what that stage lacks (its own `sources.list` is kept, which names every stage's sources).
+    pub from: Option<&'a Path>,
+    /// The package cache's exchange ([`debs`]): verified packages in, downloads out.
+    pub debs: Option<&'a debs::Exchange>,
+}
+
+/// The environment variable the setup hook reads the earlier stage's tar from (a path in a
+/// hook's shell text would need quoting).
+const FROM_ENV: &str = "STRATA_STAGE_FROM";
+
 /// The mmdebstrap command for a base (plus extra packages and sources, for JDK layers).
 pub fn mmdebstrap_command(
     base: &Base,
@@ -61,6 +79,7 @@ pub fn mmdebstrap_command(
     extra_sources: &[String],
     epoch: u64,
     out: &Path,
+    stage: &Stage,
 ) -> Result<Command> {
     let Base::Mmdebstrap {
         suite,
@@ -100,6 +119,26 @@ pub fn mmdebstrap_command(
     if let Some(p) = proxy {
         cmd.arg(format!("--aptopt=Acquire::http::Proxy \"{p}\""));
     }
+    if let Some(from) = stage.from {
+        // /dev is mmdebstrap's own; sources.list is the one setup wrote (every stage's sources).
+        cmd.env(FROM_ENV, from);
+        cmd.arg(format!(
+            "--setup-hook=tar -C \"$1\" --exclude=./dev --exclude=./etc/apt/sources.list -xpf \"${FROM_ENV}\""
+        ));
+    }
+    if let Some(ex) = stage.debs {
+        // Keep the essential packages in the archive until sync-out (the cleanup empties it).
+        cmd.arg("--skip=essential/unlink");
+        cmd.arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/");
+        cmd.arg(format!(
+            "--setup-hook=sync-in {} /var/cache/apt/archives/",
+            ex.inbox.display()
+        ));
+        cmd.arg(format!(
+            "--customize-hook=sync-out /var/cache/apt/archives {}",
+            ex.outbox.display()
+        ));
+    }
     cmd.arg("--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*");
     cmd.arg("--customize-hook=if [ -e \"$1\"/etc/machine-id ]; then : > \"$1\"/etc/machine-id; fi");
     cmd.arg(suite).arg(out);
@@ -109,11 +148,21 @@ pub fn mmdebstrap_command(
     Ok(cmd)
 }
 
-/// Runs mmdebstrap into `dest` (through a temp file, renamed when complete).
-fn run_mmdebstrap(
-    base: &Base,
-    extra: (&[String], &[String]),
+/// One mmdebstrap run: the base's arguments plus a stage's packages and sources, started from
+/// an earlier stage's root filesystem (or from nothing).
+struct Run<'a> {
+    base: &'a Base,
+    packages: &'a [String],
+    sources: &'a [String],
+    from: Option<&'a Path>,
     epoch: u64,
+}
+
+/// Runs mmdebstrap into `dest` (through a temp file, renamed when complete), sharing the cache's
+/// Debian packages ([`debs`]).
+fn run_mmdebstrap(
+    cache: &Cache,
+    run: &Run,
     dest: &Path,
     what: &str,
     progress: &Progress,
@@ -122,14 +171,23 @@ fn run_mmdebstrap(
     let dir = dest.parent().expect("dest has a parent");
     crate::support::fsx::create_dir_all(dir)?;
     let tmp = dir.join(format!(".tmp-{}.tar", std::process::id()));
-    let cmd = mmdebstrap_command(base, extra.0, extra.1, epoch, &tmp)?;
+    let exchange = debs::exchange(cache, progress)?;
+    let stage = Stage {
+        from: run.from,
+        debs: exchange.as_ref(),
+    };
+    let cmd = mmdebstrap_command(run.base, run.packages, run.sources, run.epoch, &tmp, &stage)?;
     if let Err(e) = crate::support::cmd::run(cmd, |l| task.detail(l.trim_start_matches("I: "))) {
         let _ = std::fs::remove_file(&tmp);
         task.finish("failed");
         return Err(e);
     }
+    let added = match &exchange {
+        Some(ex) => debs::take_back(cache, ex)?,
+        None => 0,
+    };
     crate::support::fsx::rename(&tmp, dest)?;
-    task.finish("done");
+    task.finish(format!("done ({added} packages downloaded into the cache)"));
     Ok(())
 }
 
@@ -165,14 +223,14 @@ pub fn ensure_base(
     }
     match base {
         Base::Mmdebstrap { .. } => {
-            run_mmdebstrap(
+            let run = Run {
                 base,
-                (&[], &[]),
+                packages: &[],
+                sources: &[],
+                from: None,
                 epoch,
-                &rootfs,
-                "base root filesystem",
-                progress,
-            )?;
+            };
+            run_mmdebstrap(cache, &run, &rootfs, "base root filesystem", progress)?;
         }
         Base::Tarball { path, .. } => {
             crate::support::fsx::create_dir_all(&dir)?;
@@ -382,14 +440,25 @@ pub fn parse_dpkg_status(text: &str) -> Vec<(String, String)> {
 
 /// The key of a JDK layer's inputs.
 pub fn jdk_key(jdk: &Jdk, base_key: &str) -> String {
-    key_of(&serde_json::json!({
+    let packages = matches!(jdk.source, JdkSource::Packages { .. });
+    let mut inputs = serde_json::json!({
         "kind": "jdk",
         "jdk": jdk,
         // A package JDK is a difference against the base; a tarball JDK is not.
-        "base": matches!(jdk.source, JdkSource::Packages { .. }).then_some(base_key),
+        "base": packages.then_some(base_key),
         "normalize": NORMALIZE_VERSION,
-    }))
+    });
+    if packages {
+        inputs["stages"] = STAGES_VERSION.into();
+    }
+    key_of(&inputs)
 }
+
+/// Bumped when how a stage's root filesystem is made changes: 2 = each stage (JDK, disk
+/// packages) starts from the previous stage's root filesystem instead of installing everything
+/// again (the layers' bytes differ: dpkg's `status-old`, debconf's `*.dat-old`, apt's
+/// `extended_states` order).
+const STAGES_VERSION: u32 = 2;
 
 /// Debian packages as (name, version).
 pub type Packages = Vec<(String, String)>;
@@ -412,7 +481,14 @@ fn ensure_jdk_rootfs(
     let upper = cache.base_dir(&format!("jdk-{key}")).join("rootfs.tar");
     if !upper.is_file() {
         let what = format!("base + JDK {}", jdk.name);
-        run_mmdebstrap(base, (pkgs, apt_sources), epoch, &upper, &what, progress)?;
+        let run = Run {
+            base,
+            packages: pkgs,
+            sources: apt_sources,
+            from: Some(&prepared.rootfs),
+            epoch,
+        };
+        run_mmdebstrap(cache, &run, &upper, &what, progress)?;
     }
     Ok(upper)
 }
@@ -454,18 +530,18 @@ pub fn disk_entries(
     pkgs.extend(disk_packages.iter().cloned());
     let key = key_of(&serde_json::json!({
         "kind": "disk-rootfs", "base": prepared.key, "packages": pkgs, "sources": sources,
-        "normalize": NORMALIZE_VERSION,
+        "normalize": NORMALIZE_VERSION, "stages": STAGES_VERSION,
     }));
     let upper = cache.base_dir(&format!("disk-{key}")).join("rootfs.tar");
     if !upper.is_file() {
-        run_mmdebstrap(
+        let run = Run {
             base,
-            (&pkgs, &sources),
+            packages: &pkgs,
+            sources: &sources,
+            from: Some(&lower_tar),
             epoch,
-            &upper,
-            "base + JDK + disk packages",
-            progress,
-        )?;
+        };
+        run_mmdebstrap(cache, &run, &upper, "base + JDK + disk packages", progress)?;
     }
     let lower = read_rootfs(&lower_tar, epoch)
         .with_context(|| format!("reading the root filesystem {}", lower_tar.display()))?;

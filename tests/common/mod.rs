@@ -561,7 +561,7 @@ pub fn lab_store() -> (PathBuf, PathBuf) {
     let (store, cache) = (dir.join("output"), dir.join("cache"));
     let mut c = strata(&cache);
     c.current_dir(repo())
-        .args(["build", "-q", "-o"])
+        .args(["build", "--disks", "-q", "-o"])
         .arg(&store);
     ok(c);
     (store, cache)

@@ -10,6 +10,8 @@
 //! ├── blobs/sha256/<hex>          the compressed layer blobs, copied (never linked) into stores
 //! ├── filehash/<stamp>            memo: the SHA-256 of a file with this (path, device, inode,
 //! │                               size, mtime, ctime); a changed file has another stamp
+//! ├── debs/<pkg>.deb(.sha256)     Debian packages every mmdebstrap run shares, with the SHA-256
+//! │                               each had when apt downloaded it ([`crate::source::debs`])
 //! ├── downloads/sha512/<hex>      downloads (release and JDK tarballs), verified
 //! └── tars/<sha512>.tar           the same, decompressed, read in place (never extracted)
 //! ```

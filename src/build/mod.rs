@@ -153,6 +153,7 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
         recipe.epoch_source
     ));
     plan::selected(recipe, &opts.only)?;
+    let revision = commit::revision(&recipe.root);
     let cache = open_cache(opts)?;
     let remote = remote::Remote::open(&opts.remote, &progress)?;
     let known = |key: &str| remote.base_facts(key, &cache);
@@ -220,7 +221,7 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
         }
     }
 
-    let committed = commit::commit(&plan, &built, opts, &cache, &progress)?;
+    let committed = commit::commit(&plan, &built, opts, &cache, revision, &progress)?;
     let (cache_to, cache_to_failure) = match remote.push(&plan, &built, &origins, &cache) {
         Some((rep, err)) => (Some(rep), err),
         None => (None, None),

@@ -169,6 +169,7 @@ fn hint_for(status: u16, what: &str) -> Option<String> {
 impl Session {
     /// Logs in (unless `auth_type: none`) and finds the image endpoint.
     pub fn open(cloud: Cloud, timeout: Duration, progress: &Progress) -> Result<Session> {
+        crate::support::tls::init();
         let mut b = Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(timeout)

@@ -123,6 +123,7 @@ fn short(e: &dyn std::error::Error) -> String {
 
 impl Client {
     pub fn new(host: &str, opts: &Options, progress: &Progress) -> Result<Client> {
+        crate::support::tls::init();
         let http = Http::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(opts.timeout)

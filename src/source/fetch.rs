@@ -97,6 +97,7 @@ fn download(
         .enable_all()
         .build()
         .context("starting the download runtime")?;
+    crate::support::tls::init();
     let client = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(read)

@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest as _, Sha256};
 
 pub mod compress;
+pub mod pipeline;
 mod read;
 mod write;
 

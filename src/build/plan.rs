@@ -172,7 +172,7 @@ impl Inputs {
             b => {
                 let key = base_key(recipe, cache)?;
                 let dir = cache.base_dir(&key);
-                let local = dir.join("rootfs.tar").is_file()
+                let local = base::rootfs_path(cache, b, &key)?.is_file()
                     && cache
                         .read_json::<BaseInfo>(&dir.join("info.json"))
                         .is_some();
@@ -222,15 +222,23 @@ impl Inputs {
                     key: format!("{image} (not pulled yet)"),
                 },
             },
-            _ => {
+            b => {
                 let key = base_key(recipe, cache)?;
                 let dir = cache.base_dir(&key);
+                let rootfs = base::rootfs_path(cache, b, &key)?;
                 match cache.read_json::<BaseInfo>(&dir.join("info.json")) {
-                    Some(info) if dir.join("rootfs.tar").is_file() => {
+                    Some(info) if rootfs.is_file() => {
+                        let in_place = match b {
+                            Base::Tarball { path, .. } if rootfs == *path => {
+                                Some(cache.file_sha256(path)?)
+                            }
+                            _ => None,
+                        };
                         let p = PreparedBase {
                             key,
-                            rootfs: dir.join("rootfs.tar"),
+                            rootfs,
                             info,
+                            in_place,
                         };
                         let ident = rootfs_identity(&p, false)?;
                         BaseState::Ready(p, ident)
@@ -321,6 +329,10 @@ fn oci_state(cache: &Cache, path: &std::path::Path, reference: &str) -> Result<B
 /// The content identity of a prepared base rootfs (its SHA-256, computed once and remembered
 /// beside it when `remember`).
 fn rootfs_identity(p: &PreparedBase, remember: bool) -> Result<String> {
+    // The user's tarball, read in place: its SHA-256 is the one its key names.
+    if let Some(sha) = &p.in_place {
+        return Ok(sha.clone());
+    }
     let marker = p.rootfs.with_file_name("rootfs.sha256");
     if let Ok(s) = std::fs::read_to_string(&marker) {
         return Ok(s.trim().to_string());

@@ -109,6 +109,11 @@ fn build_layer(
     let (entries, packages) = entries_of(plan, &pl.producer, cache, progress)?;
     let entries = layer::normalize(entries)?;
     let rec = write_layer(plan, &pl.name, &entries, packages, cache, progress)?;
+    if plan.needs_rootfs(idx)
+        && let Some(p) = &plan.base
+    {
+        p.check_unchanged(cache)?;
+    }
     cache.write_json(&rec_path, &rec)?;
     let path = cache.blob_dir().join(rec.digest.digest());
     Ok((rec, path))

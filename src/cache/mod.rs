@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! $STRATA_CACHE/                  default: $XDG_CACHE_HOME/strata, ~/.cache/strata
-//! ├── base/<key>/rootfs.tar       a base root filesystem, keyed by its inputs (mmdebstrap args…)
+//! ├── base/<key>/rootfs.tar       a base root filesystem, keyed by its inputs (mmdebstrap args…,
+//! │                               a tarball's SHA-256); an uncompressed tarball base is not
+//! │                               copied here but read in place, its key checked by `filehash`
 //! ├── base/<key>/info.json        its package list and account files
 //! ├── base/<key>/known.json       a base's facts learnt from a remote cache (its rootfs identity,
 //! │                               packages, accounts), for planning without its rootfs

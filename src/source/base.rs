@@ -133,15 +133,49 @@ fn run_mmdebstrap(
     Ok(())
 }
 
-/// A prepared base: its rootfs tar in the cache and its facts.
+/// A prepared base: its rootfs tar and its facts.
 #[derive(Debug, Clone)]
 pub struct PreparedBase {
     pub key: String,
+    /// In the cache, or the user's own uncompressed tarball (see `in_place`).
     pub rootfs: PathBuf,
     pub info: BaseInfo,
+    /// The SHA-256 (hex) named by `key` when `rootfs` is the user's uncompressed tarball, read
+    /// in place rather than copied: what is read from it is checked against this afterwards
+    /// ([`PreparedBase::check_unchanged`]).
+    pub in_place: Option<String>,
 }
 
-/// Makes sure the base's rootfs is in the cache (building it with mmdebstrap if needed).
+impl PreparedBase {
+    /// Fails if the user's tarball read in place no longer holds the bytes its key names (edited
+    /// since it was hashed): what was just read from it must not be kept under that key. A
+    /// `stat` when the file is unchanged (the cache's memo, [`Cache::file_sha256`]).
+    pub fn check_unchanged(&self, cache: &Cache) -> Result<()> {
+        let Some(want) = &self.in_place else {
+            return Ok(());
+        };
+        if cache.file_sha256(&self.rootfs)? != *want {
+            bail!(
+                "the base tarball {} changed while strata read it: build again",
+                self.rootfs.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where the root filesystem of the base under `key` is (made or not): the user's tarball itself
+/// when it is an uncompressed tar, read in place; else `cache/base/<key>/rootfs.tar`.
+pub fn rootfs_path(cache: &Cache, base: &Base, key: &str) -> Result<PathBuf> {
+    Ok(match base {
+        Base::Tarball { path, .. } if compression_of(path)?.is_none() => path.clone(),
+        _ => cache.base_dir(key).join("rootfs.tar"),
+    })
+}
+
+/// Makes sure the base's rootfs is there (building it with mmdebstrap, or decompressing a
+/// compressed tarball into the cache, if needed). An uncompressed tarball is read in place: its
+/// identity is the SHA-256 in `key`, checked again here through the cache's memo.
 pub fn ensure_base(
     cache: &Cache,
     base: &Base,
@@ -151,8 +185,21 @@ pub fn ensure_base(
     progress: &Progress,
 ) -> Result<PreparedBase> {
     let dir = cache.base_dir(key);
-    let rootfs = dir.join("rootfs.tar");
+    let rootfs = rootfs_path(cache, base, key)?;
     let info_path = dir.join("info.json");
+    let in_place = match base {
+        Base::Tarball { path, .. } if rootfs == *path => {
+            let sha = cache.file_sha256(path)?;
+            if base_key(base, epoch, Some(&sha)) != key {
+                bail!(
+                    "the base tarball {} changed while strata read it: build again",
+                    path.display()
+                );
+            }
+            Some(sha)
+        }
+        _ => None,
+    };
     if !refresh
         && rootfs.is_file()
         && let Some(info) = cache.read_json::<BaseInfo>(&info_path)
@@ -161,6 +208,7 @@ pub fn ensure_base(
             key: key.into(),
             rootfs,
             info,
+            in_place,
         });
     }
     match base {
@@ -174,11 +222,12 @@ pub fn ensure_base(
                 progress,
             )?;
         }
+        Base::Tarball { .. } if in_place.is_some() => {}
         Base::Tarball { path, .. } => {
             crate::support::fsx::create_dir_all(&dir)?;
             let tmp = dir.join(format!(".tmp-{}.tar", std::process::id()));
             let _ = std::fs::remove_file(&tmp);
-            let res = decompress_or_link(path, &tmp);
+            let res = decompress(path, &tmp);
             if let Err(e) = res {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
@@ -197,33 +246,38 @@ pub fn ensure_base(
         java_homes: Some(java_homes(&entries)),
         layer_sizes: Default::default(),
     };
-    cache.write_json(&info_path, &info)?;
-    Ok(PreparedBase {
+    let prepared = PreparedBase {
         key: key.into(),
         rootfs,
         info,
+        in_place,
+    };
+    prepared.check_unchanged(cache)?;
+    cache.write_json(&info_path, &prepared.info)?;
+    Ok(prepared)
+}
+
+/// The compression of a tarball, from its first bytes: gzip, zstd, or none (a plain tar).
+fn compression_of(path: &Path) -> Result<Option<crate::layer::compress::Compression>> {
+    use crate::layer::compress::Compression;
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .read(&mut magic)?;
+    Ok(match &magic[..n] {
+        [0x1f, 0x8b, ..] => Some(Compression::Gzip),
+        [0x28, 0xb5, 0x2f, 0xfd] => Some(Compression::Zstd),
+        _ => None,
     })
 }
 
-/// Puts a rootfs tarball at `dest` uncompressed (gzip and zstd are decompressed): the cache's one
-/// copy, read in place by offset.
-fn decompress_or_link(src: &Path, dest: &Path) -> Result<()> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let n = std::fs::File::open(src)
-        .with_context(|| format!("opening {}", src.display()))?
-        .read(&mut magic)?;
+/// Decompresses a gzip or zstd rootfs tarball to `dest`: the cache's one copy, read in place by
+/// offset.
+fn decompress(src: &Path, dest: &Path) -> Result<()> {
     let f = std::io::BufReader::with_capacity(1 << 20, crate::support::fsx::open(src)?);
-    let mut reader: Box<dyn Read> = match &magic[..n] {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(f)),
-        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::new(f)?),
-        _ => {
-            // A copy, not a hard link: an in-place edit of the user's file must not change what
-            // the cache holds under the old content's key.
-            std::fs::copy(src, dest).with_context(|| format!("copying {}", src.display()))?;
-            return Ok(());
-        }
-    };
+    let compression = compression_of(src)?.context("not a compressed tarball")?;
+    let mut reader = crate::layer::compress::Compression::reader_for(&compression.media_type(), f)?;
     let mut out = crate::support::fsx::create(dest)?;
     if let Err(e) = std::io::copy(&mut reader, &mut out) {
         crate::bad!(

@@ -65,7 +65,7 @@ pub(crate) fn ensure_layers(
         .collect();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let made: Mutex<Vec<Option<Result<(LayerFacts, PathBuf)>>>> =
+    let made: Mutex<Vec<Option<Result<Built>>>> =
         Mutex::new((0..needed.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..BUILDERS.min(jobs.len()) {
@@ -97,13 +97,11 @@ pub(crate) fn ensure_layers(
         .collect()
 }
 
-/// Builds one layer into the cache; returns its facts and its blob.
-fn build_layer(
-    plan: &Plan,
-    idx: usize,
-    cache: &Cache,
-    progress: &Progress,
-) -> Result<(LayerFacts, PathBuf)> {
+/// A layer's facts and its blob.
+type Built = (LayerFacts, PathBuf);
+
+/// Builds one layer into the cache.
+fn build_layer(plan: &Plan, idx: usize, cache: &Cache, progress: &Progress) -> Result<Built> {
     let pl = &plan.layers[idx];
     let rec_path = cache.layer_record_path(&pl.key);
     let (entries, packages) = entries_of(plan, &pl.producer, cache, progress)?;

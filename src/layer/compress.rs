@@ -195,7 +195,7 @@ fn deflate_final(level: u32) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Read;
 
     /// `data` compressed on `threads` workers, written in odd-sized pieces (to cross chunk
     /// boundaries in the middle of writes).

@@ -17,7 +17,6 @@ use crate::layer::{self, Entry, pipeline};
 use crate::oci::record::LayerFacts;
 use crate::oci::store::{ANNOTATION_IMAGE_NAME, BlobWriter, Store};
 use crate::source::base::{self, BaseInfo};
-use crate::source::render;
 use crate::support::failpoint;
 use crate::support::hash::CountingReader;
 use crate::support::progress::Progress;
@@ -209,7 +208,6 @@ fn write_layer(
     progress: &Progress,
 ) -> Result<LayerFacts> {
     let recipe = plan.recipe;
-    let private_key = render::carries_private_key(entries);
     let total: u64 = entries.iter().map(|e| e.size()).sum();
     let task = progress.task(format!("layer {name}"), Some(total));
     let mut blob = BlobWriter::new(&cache.blob_dir())?;
@@ -245,7 +243,7 @@ fn write_layer(
         entries: stats.entries,
         file_bytes: stats.file_bytes,
         packages,
-        private_key,
+        private_key: stats.private_key,
     })
 }
 

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
-use super::{Content, Entry, Kind, check_relative};
+use super::{Content, Entry, Kind, check_relative, looks_like_private_key};
 
 /// Counts what a written tar holds.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TarStats {
     pub entries: u64,
     pub file_bytes: u64,
+    /// A regular file looks like a private key ([`looks_like_private_key`]).
+    pub private_key: bool,
 }
 
 /// Writes `entries` (already [`normalize`]d) as a deterministic tar stream.
@@ -23,7 +25,7 @@ pub fn write_tar(entries: &[Entry], epoch: u64, out: &mut dyn Write) -> Result<T
     let mut b = tar::Builder::new(out);
     let mut copier = Copier::default();
     for e in entries {
-        append_entry(&mut b, e, epoch, &mut copier)
+        stats.private_key |= append_entry(&mut b, e, epoch, &mut copier)
             .with_context(|| format!("writing {:?} to tar", e.path))?;
         stats.entries += 1;
         stats.file_bytes += e.size();
@@ -50,12 +52,13 @@ pub fn append_entries<W: Write>(
 const USTAR_ID_MAX: u32 = 0o7777777;
 const USTAR_SIZE_MAX: u64 = 0o77777777777;
 
+/// Appends one entry; returns whether it is a file that looks like a private key.
 fn append_entry<W: Write>(
     b: &mut tar::Builder<W>,
     e: &Entry,
     epoch: u64,
     copier: &mut Copier,
-) -> Result<()> {
+) -> Result<bool> {
     check_relative(&e.path)?;
     let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
     let mut h = tar::Header::new_ustar();
@@ -123,13 +126,16 @@ fn append_entry<W: Write>(
             // the data read in large blocks.
             let out = b.get_mut();
             out.write_all(h.as_bytes())?;
-            copier.copy(c, out)?;
+            let key = copier.copy(c, out)?;
             let pad = (512 - c.len() % 512) % 512;
             out.write_all(&[0u8; 512][..pad as usize])?;
+            Ok(key)
         }
-        _ => b.append(&h, io::empty())?,
+        _ => {
+            b.append(&h, io::empty())?;
+            Ok(false)
+        }
     }
-    Ok(())
 }
 
 fn floor_char(s: &str, max: usize) -> usize {
@@ -158,53 +164,50 @@ struct Copier {
 }
 
 impl Copier {
-    /// Writes exactly `c.len()` bytes of `c` to `out`, or fails naming the source.
-    fn copy(&mut self, c: &Content, out: &mut dyn Write) -> Result<()> {
-        match c {
-            Content::Bytes(b) => out.write_all(b)?,
-            Content::Range { file, offset, len } => {
-                if !self
-                    .open
-                    .as_ref()
-                    .is_some_and(|(p, _)| Arc::ptr_eq(p, file))
-                {
+    /// Writes exactly `c.len()` bytes of `c` to `out`, or fails naming the source; returns
+    /// whether they look like a private key. A file smaller than a read block is read whole
+    /// before it is written (so that it is looked at in one piece).
+    fn copy(&mut self, c: &Content, out: &mut dyn Write) -> Result<bool> {
+        type ReadFn<'f> = Box<dyn FnMut(&mut [u8], u64) -> io::Result<usize> + 'f>;
+        let Copier { buf, open } = self;
+        let (what, mut read): (&dyn std::fmt::Debug, ReadFn) = match c {
+            Content::Bytes(b) => {
+                out.write_all(b)?;
+                return Ok(looks_like_private_key(b));
+            }
+            Content::Range { file, offset, .. } => {
+                if !open.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(p, file)) {
                     let f =
                         File::open(file.as_path()).with_context(|| format!("opening {file:?}"))?;
-                    self.open = Some((Arc::clone(file), f));
+                    *open = Some((Arc::clone(file), f));
                 }
-                let f = &self.open.as_ref().expect("opened above").1;
-                let buf = block(&mut self.buf, *len);
-                let mut done = 0u64;
-                while done < *len {
-                    let want = (*len - done).min(buf.len() as u64) as usize;
-                    let n = f
-                        .read_at(&mut buf[..want], offset + done)
-                        .with_context(|| format!("reading {file:?}"))?;
-                    if n == 0 {
-                        crate::bad!("{file:?} gave {done} bytes, expected {len}");
-                    }
-                    out.write_all(&buf[..n])?;
-                    done += n as u64;
-                }
+                let f = &open.as_ref().expect("opened above").1;
+                (file, Box::new(move |b, done| f.read_at(b, offset + done)))
             }
-            Content::Path { path, len } => {
+            Content::Path { path, .. } => {
                 let mut f = File::open(path).with_context(|| format!("opening {path:?}"))?;
-                let buf = block(&mut self.buf, *len);
-                let mut done = 0u64;
-                while done < *len {
-                    let want = (*len - done).min(buf.len() as u64) as usize;
-                    let n = f
-                        .read(&mut buf[..want])
-                        .with_context(|| format!("reading {path:?}"))?;
-                    if n == 0 {
-                        crate::bad!("{path:?} gave {done} bytes, expected {len}");
-                    }
-                    out.write_all(&buf[..n])?;
-                    done += n as u64;
-                }
+                (path, Box::new(move |b, _| f.read(b)))
             }
+        };
+        let len = c.len();
+        let buf = block(buf, len);
+        let (mut done, mut key) = (0u64, false);
+        while done < len {
+            let want = (len - done).min(buf.len() as u64) as usize;
+            let mut got = 0;
+            while got < want {
+                let n = read(&mut buf[got..want], done + got as u64)
+                    .with_context(|| format!("reading {what:?}"))?;
+                if n == 0 {
+                    crate::bad!("{what:?} gave {} bytes, expected {len}", done + got as u64);
+                }
+                got += n;
+            }
+            key |= looks_like_private_key(&buf[..got]) && got as u64 == len;
+            out.write_all(&buf[..got])?;
+            done += got as u64;
         }
-        Ok(())
+        Ok(key)
     }
 }
 

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context, Result, bail};
 
@@ -33,11 +33,12 @@ pub(crate) type Ensured = (LayerFacts, PathBuf, bool);
 
 /// Every layer of `needed`, built or found in the cache, in `needed`'s order.
 ///
-/// The layers not in the cache are built [`BUILDERS`] at a time: those made from the base's root
-/// filesystem one after the other, on one builder (the JDK and disk layers run mmdebstrap into
-/// cache directories they share), each other layer on whichever builder is free. After a failure
-/// no other layer is started, and the error of the first failed layer in `needed`'s order is
-/// returned.
+/// The layers not in the cache are built [`BUILDERS`] at a time, each on whichever builder is
+/// free. One builder at a time gathers its layer's inputs ([`Builders::inputs`]), so mmdebstrap
+/// never runs twice at once (the JDK and disk layers share its cache directories) and downloads
+/// come one after the other, as in a sequential build; the writing of layers (tar, hashes,
+/// compression) overlaps. After a failure no other layer is started, and the error of the first
+/// failed layer in `needed`'s order is returned.
 pub(crate) fn ensure_layers(
     plan: &Plan,
     needed: &[usize],
@@ -45,39 +46,38 @@ pub(crate) fn ensure_layers(
     progress: &Progress,
 ) -> Result<Vec<Ensured>> {
     let mut found: Vec<Option<Ensured>> = vec![None; needed.len()];
-    let (mut on_base, mut others) = (Vec::new(), Vec::new());
+    let mut todo = Vec::new();
     for (pos, &idx) in needed.iter().enumerate() {
         let pl = &plan.layers[idx];
         if let Producer::Imported(rec, blob) = &pl.producer {
             found[pos] = Some((rec.clone(), blob.clone(), false));
         } else if let Some((rec, blob)) = cached_layer(cache, &pl.key, &pl.name, progress)? {
             found[pos] = Some((rec, blob, false));
-        } else if plan.needs_rootfs(idx) {
-            on_base.push(pos);
         } else {
-            others.push(vec![pos]);
+            todo.push(pos);
         }
     }
-    let jobs: Vec<Vec<usize>> = std::iter::once(on_base)
-        .filter(|j| !j.is_empty())
-        .chain(others)
-        .collect();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
+    let b = Builders {
+        inputs: Mutex::new(()),
+        failed: AtomicBool::new(false),
+        next: AtomicUsize::new(0),
+    };
     let made: Mutex<Vec<Option<Result<Built>>>> =
         Mutex::new((0..needed.len()).map(|_| None).collect());
     std::thread::scope(|s| {
-        for _ in 0..BUILDERS.min(jobs.len()) {
+        for _ in 0..BUILDERS.min(todo.len()) {
             s.spawn(|| {
-                while let Some(job) = jobs.get(next.fetch_add(1, Ordering::SeqCst)) {
-                    for &pos in job {
-                        if failed.load(Ordering::SeqCst) {
-                            return;
+                while let Some(&pos) = todo.get(b.next.fetch_add(1, Ordering::SeqCst)) {
+                    let r = build_layer(plan, needed[pos], cache, progress, &b);
+                    let r = match r {
+                        Ok(None) => return,
+                        Ok(Some(built)) => Ok(built),
+                        Err(e) => {
+                            b.failed.store(true, Ordering::SeqCst);
+                            Err(e)
                         }
-                        let r = build_layer(plan, needed[pos], cache, progress);
-                        failed.fetch_or(r.is_err(), Ordering::SeqCst);
-                        made.lock().expect("no builder panicked")[pos] = Some(r);
-                    }
+                    };
+                    made.lock().expect("no builder panicked")[pos] = Some(r);
                 }
             });
         }
@@ -96,14 +96,38 @@ pub(crate) fn ensure_layers(
         .collect()
 }
 
+/// What the builders of [`ensure_layers`] share.
+struct Builders {
+    /// Held while a layer's inputs are gathered (mmdebstrap, downloads, tarballs read).
+    inputs: Mutex<()>,
+    /// A layer failed: no other starts.
+    failed: AtomicBool,
+    /// The next layer to take.
+    next: AtomicUsize,
+}
+
 /// A layer's facts and its blob.
 type Built = (LayerFacts, PathBuf);
 
-/// Builds one layer into the cache.
-fn build_layer(plan: &Plan, idx: usize, cache: &Cache, progress: &Progress) -> Result<Built> {
+/// Builds one layer into the cache; `None` when it was not started because another one failed.
+fn build_layer(
+    plan: &Plan,
+    idx: usize,
+    cache: &Cache,
+    progress: &Progress,
+    b: &Builders,
+) -> Result<Option<Built>> {
     let pl = &plan.layers[idx];
     let rec_path = cache.layer_record_path(&pl.key);
-    let (entries, packages) = entries_of(plan, &pl.producer, cache, progress)?;
+    let (entries, packages) = {
+        let _turn = b.inputs.lock().unwrap_or_else(PoisonError::into_inner);
+        if b.failed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        // Marked failed before the next builder takes its turn.
+        entries_of(plan, &pl.producer, cache, progress)
+            .inspect_err(|_| b.failed.store(true, Ordering::SeqCst))?
+    };
     let entries = layer::normalize(entries)?;
     let rec = write_layer(plan, &pl.name, &entries, packages, cache, progress)?;
     if plan.needs_rootfs(idx)
@@ -113,7 +137,7 @@ fn build_layer(plan: &Plan, idx: usize, cache: &Cache, progress: &Progress) -> R
     }
     cache.write_json(&rec_path, &rec)?;
     let path = cache.blob_dir().join(rec.digest.digest());
-    Ok((rec, path))
+    Ok(Some((rec, path)))
 }
 
 /// The layer the cache holds under `key`, if its record is there and its blob intact. Checked at

@@ -2,7 +2,8 @@
 //!
 //! The base is a Debian root filesystem made by `mmdebstrap` with `SOURCE_DATE_EPOCH` (or a
 //! rootfs tarball, or the layers of an existing OCI image). It is cached by its inputs under
-//! `cache/base/<key>/`, so it is built once; `--refresh-base` builds it again to take security
+//! `cache/base/<key>/` (an uncompressed tarball is not copied there but read where it is, named
+//! by its SHA-256), so it is built once; `--refresh-base` builds it again to take security
 //! updates. Two mmdebstrap runs are byte-identical once the few install-time artefacts are dealt
 //! with ([`normalize_rootfs`]): SSH host keys are removed (made at first boot), `machine-id` is
 //! emptied, the JVM's class-data-sharing archive (`classes.jsa`, dumped at install time, different

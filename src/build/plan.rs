@@ -239,6 +239,7 @@ impl Inputs {
                             rootfs,
                             info,
                             in_place,
+                            entries: Default::default(),
                         };
                         let ident = rootfs_identity(&p, false)?;
                         BaseState::Ready(p, ident)

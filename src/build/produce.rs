@@ -180,7 +180,7 @@ fn entries_of(
         Producer::Rootfs => {
             let p = plan.base.as_ref().context("the base was not prepared")?;
             (
-                base::read_rootfs(&p.rootfs, epoch).with_context(|| {
+                p.rootfs_entries(epoch).with_context(|| {
                     format!("reading the root filesystem {}", p.rootfs.display())
                 })?,
                 p.info.packages.clone(),

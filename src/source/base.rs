@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -145,9 +146,33 @@ pub struct PreparedBase {
     /// in place rather than copied: what is read from it is checked against this afterwards
     /// ([`PreparedBase::check_unchanged`]).
     pub in_place: Option<String>,
+    /// Its entries, when they were read while it was prepared (for its facts): the rootfs layer
+    /// takes them instead of reading the tar again.
+    pub entries: ReadEntries,
+}
+
+/// The entries of a root filesystem, once read ([`PreparedBase::entries`]).
+#[derive(Clone, Default)]
+pub struct ReadEntries(Arc<OnceLock<Vec<Entry>>>);
+
+impl std::fmt::Debug for ReadEntries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(e) => write!(f, "ReadEntries({} entries)", e.len()),
+            None => f.write_str("ReadEntries(not read)"),
+        }
+    }
 }
 
 impl PreparedBase {
+    /// The entries of the root filesystem ([`read_rootfs`]), read once.
+    pub fn rootfs_entries(&self, epoch: u64) -> Result<Vec<Entry>> {
+        if let Some(e) = self.entries.0.get() {
+            return Ok(e.clone());
+        }
+        read_rootfs(&self.rootfs, epoch)
+    }
+
     /// Fails if the user's tarball read in place no longer holds the bytes its key names (edited
     /// since it was hashed): what was just read from it must not be kept under that key. A
     /// `stat` when the file is unchanged (the cache's memo, [`Cache::file_sha256`]).
@@ -210,6 +235,7 @@ pub fn ensure_base(
             rootfs,
             info,
             in_place,
+            entries: ReadEntries::default(),
         });
     }
     match base {
@@ -252,6 +278,7 @@ pub fn ensure_base(
         rootfs,
         info,
         in_place,
+        entries: ReadEntries(Arc::new(OnceLock::from(entries))),
     };
     prepared.check_unchanged(cache)?;
     cache.write_json(&info_path, &prepared.info)?;

@@ -170,7 +170,7 @@ impl Inputs {
                 oci_state(cache, &layout, super::oci_base::REF_NAME)?
             }
             b => {
-                let key = base_key(recipe, cache)?;
+                let (key, read) = base_key_reading(recipe, cache)?;
                 let dir = cache.base_dir(&key);
                 let local = base::rootfs_path(cache, b, &key)?.is_file()
                     && cache
@@ -195,7 +195,7 @@ impl Inputs {
                             b,
                             &key,
                             recipe.epoch,
-                            refresh_base,
+                            (refresh_base, read),
                             progress,
                         )?;
                         let ident = rootfs_identity(&p, true)?;
@@ -272,9 +272,39 @@ pub(crate) fn prepare_base(
     cache: &Cache,
     progress: &Progress,
 ) -> Result<(PreparedBase, String)> {
-    let p = base::ensure_base(cache, &recipe.base, key, recipe.epoch, false, progress)?;
+    let p = base::ensure_base(
+        cache,
+        &recipe.base,
+        key,
+        recipe.epoch,
+        (false, None),
+        progress,
+    )?;
     let ident = rootfs_identity(&p, true)?;
     Ok((p, ident))
+}
+
+/// [`base_key`], and, for an uncompressed tarball base that must be hashed (the memo does not
+/// know it), its entries read at the same time (two passes over the file at once, on two
+/// cores): what preparing it needs next. The entries are dropped if the file changed in the
+/// meantime (its ctime), and a failed read is left for the preparation to report.
+fn base_key_reading(recipe: &Recipe, cache: &Cache) -> Result<(String, Option<Vec<Entry>>)> {
+    let Some(path) = base::read_in_place(&recipe.base)?.filter(|p| !cache.knows(p)) else {
+        return Ok((base_key(recipe, cache)?, None));
+    };
+    let stamp = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.len(), m.ctime(), m.ctime_nsec()))
+    };
+    let before = stamp();
+    std::thread::scope(|s| {
+        let read = s.spawn(|| base::read_rootfs(path, recipe.epoch));
+        let key = base_key(recipe, cache)?;
+        let read = read.join().expect("the tarball reader panicked").ok();
+        Ok((key, read.filter(|_| before.is_some() && stamp() == before)))
+    })
 }
 
 /// The cache key of a mmdebstrap or tarball base (a tarball is named by its content).

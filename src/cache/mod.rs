@@ -162,6 +162,12 @@ impl Cache {
         Ok(d.digest().to_string())
     }
 
+    /// True if the memo knows the SHA-256 of the file at `path` as it is now (then
+    /// [`Cache::file_sha256`] is a `stat`).
+    pub fn knows(&self, path: &Path) -> bool {
+        self.access != Access::Nothing && self.memo_path(path).is_ok_and(|m| m.is_file())
+    }
+
     /// Notes that the file at `path` (just written and hashed as it was written) has the SHA-256
     /// `hex`, so its next check is a `stat`.
     pub fn remember(&self, path: &Path, hex: &str) -> Result<()> {

@@ -193,21 +193,30 @@ impl PreparedBase {
 /// Where the root filesystem of the base under `key` is (made or not): the user's tarball itself
 /// when it is an uncompressed tar, read in place; else `cache/base/<key>/rootfs.tar`.
 pub fn rootfs_path(cache: &Cache, base: &Base, key: &str) -> Result<PathBuf> {
+    Ok(match read_in_place(base)? {
+        Some(path) => path.to_path_buf(),
+        None => cache.base_dir(key).join("rootfs.tar"),
+    })
+}
+
+/// The user's tarball, when the base is an uncompressed tarball (read in place).
+pub fn read_in_place(base: &Base) -> Result<Option<&Path>> {
     Ok(match base {
-        Base::Tarball { path, .. } if compression_of(path)?.is_none() => path.clone(),
-        _ => cache.base_dir(key).join("rootfs.tar"),
+        Base::Tarball { path, .. } if compression_of(path)?.is_none() => Some(path),
+        _ => None,
     })
 }
 
 /// Makes sure the base's rootfs is there (building it with mmdebstrap, or decompressing a
 /// compressed tarball into the cache, if needed). An uncompressed tarball is read in place: its
-/// identity is the SHA-256 in `key`, checked again here through the cache's memo.
+/// identity is the SHA-256 in `key`, checked again here through the cache's memo. `read`: its
+/// entries ([`read_rootfs`]) when the caller read them already (while it hashed the tarball).
 pub fn ensure_base(
     cache: &Cache,
     base: &Base,
     key: &str,
     epoch: u64,
-    refresh: bool,
+    (refresh, read): (bool, Option<Vec<Entry>>),
     progress: &Progress,
 ) -> Result<PreparedBase> {
     let dir = cache.base_dir(key);
@@ -263,10 +272,13 @@ pub fn ensure_base(
         }
         Base::Oci { .. } | Base::OciRegistry { .. } => bail!("an OCI base has no rootfs tarball"),
     }
-    let entries = read_rootfs(&rootfs, epoch).with_context(|| match base {
-        Base::Tarball { path, .. } => format!("reading the base tarball {}", path.display()),
-        _ => format!("reading the root filesystem {}", rootfs.display()),
-    })?;
+    let entries = match read.filter(|_| in_place.is_some()) {
+        Some(entries) => entries,
+        None => read_rootfs(&rootfs, epoch).with_context(|| match base {
+            Base::Tarball { path, .. } => format!("reading the base tarball {}", path.display()),
+            _ => format!("reading the root filesystem {}", rootfs.display()),
+        })?,
+    };
     let info = BaseInfo {
         packages: dpkg_packages(&entries)?,
         accounts: BaseAccounts::from_entries(&entries)?,

@@ -970,7 +970,7 @@ fn a_full_file_system_during_a_layer_build_fails_and_leaves_the_store() {
     big_rootfs(&p);
     let mnt = tempfile::tempdir().unwrap();
     let m = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
         .arg(mnt.path())
         .status()
         .unwrap();
@@ -982,8 +982,8 @@ fn a_full_file_system_during_a_layer_build_fails_and_leaves_the_store() {
         }
     }
     let _guard = Unmount(mnt.path());
-    // 1: the cache (where layers are written) fills up: the base tarball's copy (2 MiB) fits in
-    // the 3 MiB, its layer (2 MiB more) does not.
+    // 1: the cache (where layers are written) fills up: the base tarball is read in place, and
+    // its layer (2 MiB) does not fit in the 1 MiB.
     let before = snapshot(&out);
     let mut c = strata(&mnt.path().join("cache"));
     c.arg("build").arg(p.recipe()).arg("-o").arg(&out);
@@ -1018,4 +1018,42 @@ fn a_full_file_system_during_a_layer_build_fails_and_leaves_the_store() {
         "the store is as it was, no temp file left"
     );
     assert_eq!(verify_code(&p.root().join("cache"), &store), 0);
+}
+
+// ------------------------------------------------- a base tarball edited under strata's feet
+
+/// The base tarball is read in place, not copied into the cache: edited in place (same size,
+/// mtime set back, so only its ctime tells), it is hashed again, gets another key, and its layer
+/// is the one a fresh cache makes, never the old key's layer.
+#[test]
+fn a_base_tarball_edited_in_place_is_not_served_under_its_old_key() {
+    let p = Project::new();
+    let out = p.root().join("out");
+    ok(p.build(&out));
+    let old = parts(&out, "tiny:3.3.6").layers[0].clone();
+    let tar = p.root().join("inputs/rootfs.tar");
+    let mtime = std::fs::metadata(&tar).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&tar).unwrap();
+    let at = bytes
+        .windows(19)
+        .position(|w| w == b"daemon:x:1:1:daemon")
+        .expect("etc/passwd in the base tarball");
+    bytes[at + 13..at + 19].copy_from_slice(b"DAEMON");
+    let mut f = std::fs::OpenOptions::new().write(true).open(&tar).unwrap();
+    f.write_all(&bytes).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    ok(p.build(&out));
+    let new = parts(&out, "tiny:3.3.6").layers[0].clone();
+    assert_ne!(new, old, "the edited base is a new layer");
+    let fresh = p.root().join("fresh");
+    let mut c = strata(&p.root().join("fresh-cache"));
+    c.arg("build").arg(p.recipe()).arg("-o").arg(&fresh);
+    ok(c);
+    assert_eq!(
+        parts(&fresh, "tiny:3.3.6").layers[0],
+        new,
+        "as a fresh cache makes it"
+    );
+    assert_eq!(verify_code(&p.root().join("cache"), &out), 0);
 }

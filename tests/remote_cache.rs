@@ -60,11 +60,12 @@ fn verify(store: &Path) {
     ok(c);
 }
 
-/// The base directories of a cache that hold a root filesystem.
+/// The bases a cache made (each has its facts read from its root filesystem in `info.json`; the
+/// test's uncompressed tarball base is read in place, not copied into the cache).
 fn rootfs_in(cache: &Path) -> Vec<PathBuf> {
     walk_files(&cache.join("base"))
         .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n == "rootfs.tar"))
+        .filter(|p| p.file_name().is_some_and(|n| n == "info.json"))
         .collect()
 }
 

@@ -9,7 +9,7 @@
 //!    fetched into the local cache; a base known by its facts alone is made only if a layer on
 //!    it is in no cache.
 //! 3. **Budgets** ([`budget::check`]): the same check for `plan` and `build`.
-//! 4. **Produce** ([`produce`]): each layer not in the cache, in one streaming pass.
+//! 4. **Produce** ([`produce`]): each layer not in the cache, in one streaming pass, two at once.
 //! 5. **Commit** ([`commit`]): only now is the store touched, under its lock; `index.json` last.
 //!    Any error before this point (a bad recipe, template, download or tarball, a broken budget)
 //!    leaves the store exactly as it was.
@@ -172,8 +172,9 @@ pub fn build(recipe: &Recipe, opts: &Options) -> Result<BuildReport> {
     let mut layers_built = 0;
     let mut built: HashMap<usize, (LayerFacts, PathBuf)> = HashMap::new();
     let mut layers = Vec::new();
-    for &idx in &needed {
-        let (rec, blob, was_built) = produce::ensure_layer(&plan, idx, &cache, &progress)?;
+    let order: Vec<usize> = needed.iter().copied().collect();
+    let ensured = produce::ensure_layers(&plan, &order, &cache, &progress)?;
+    for (&idx, (rec, blob, was_built)) in order.iter().zip(ensured) {
         layers_built += usize::from(was_built);
         let pl = &plan.layers[idx];
         layers.push(LayerOrigin {

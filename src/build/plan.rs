@@ -170,9 +170,9 @@ impl Inputs {
                 oci_state(cache, &layout, super::oci_base::REF_NAME)?
             }
             b => {
-                let key = base_key(recipe, cache)?;
+                let (key, read) = base_key_reading(recipe, cache)?;
                 let dir = cache.base_dir(&key);
-                let local = dir.join("rootfs.tar").is_file()
+                let local = base::rootfs_path(cache, b, &key)?.is_file()
                     && cache
                         .read_json::<BaseInfo>(&dir.join("info.json"))
                         .is_some();
@@ -195,7 +195,7 @@ impl Inputs {
                             b,
                             &key,
                             recipe.epoch,
-                            refresh_base,
+                            (refresh_base, read),
                             progress,
                         )?;
                         let ident = rootfs_identity(&p, true)?;
@@ -222,15 +222,24 @@ impl Inputs {
                     key: format!("{image} (not pulled yet)"),
                 },
             },
-            _ => {
+            b => {
                 let key = base_key(recipe, cache)?;
                 let dir = cache.base_dir(&key);
+                let rootfs = base::rootfs_path(cache, b, &key)?;
                 match cache.read_json::<BaseInfo>(&dir.join("info.json")) {
-                    Some(info) if dir.join("rootfs.tar").is_file() => {
+                    Some(info) if rootfs.is_file() => {
+                        let in_place = match b {
+                            Base::Tarball { path, .. } if rootfs == *path => {
+                                Some(cache.file_sha256(path)?)
+                            }
+                            _ => None,
+                        };
                         let p = PreparedBase {
                             key,
-                            rootfs: dir.join("rootfs.tar"),
+                            rootfs,
                             info,
+                            in_place,
+                            entries: Default::default(),
                         };
                         let ident = rootfs_identity(&p, false)?;
                         BaseState::Ready(p, ident)
@@ -263,9 +272,39 @@ pub(crate) fn prepare_base(
     cache: &Cache,
     progress: &Progress,
 ) -> Result<(PreparedBase, String)> {
-    let p = base::ensure_base(cache, &recipe.base, key, recipe.epoch, false, progress)?;
+    let p = base::ensure_base(
+        cache,
+        &recipe.base,
+        key,
+        recipe.epoch,
+        (false, None),
+        progress,
+    )?;
     let ident = rootfs_identity(&p, true)?;
     Ok((p, ident))
+}
+
+/// [`base_key`], and, for an uncompressed tarball base that must be hashed (the memo does not
+/// know it), its entries read at the same time (two passes over the file at once, on two
+/// cores): what preparing it needs next. The entries are dropped if the file changed in the
+/// meantime (its ctime), and a failed read is left for the preparation to report.
+fn base_key_reading(recipe: &Recipe, cache: &Cache) -> Result<(String, Option<Vec<Entry>>)> {
+    let Some(path) = base::read_in_place(&recipe.base)?.filter(|p| !cache.knows(p)) else {
+        return Ok((base_key(recipe, cache)?, None));
+    };
+    let stamp = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.len(), m.ctime(), m.ctime_nsec()))
+    };
+    let before = stamp();
+    std::thread::scope(|s| {
+        let read = s.spawn(|| base::read_rootfs(path, recipe.epoch));
+        let key = base_key(recipe, cache)?;
+        let read = read.join().expect("the tarball reader panicked").ok();
+        Ok((key, read.filter(|_| before.is_some() && stamp() == before)))
+    })
 }
 
 /// The cache key of a mmdebstrap or tarball base (a tarball is named by its content).
@@ -321,6 +360,10 @@ fn oci_state(cache: &Cache, path: &std::path::Path, reference: &str) -> Result<B
 /// The content identity of a prepared base rootfs (its SHA-256, computed once and remembered
 /// beside it when `remember`).
 fn rootfs_identity(p: &PreparedBase, remember: bool) -> Result<String> {
+    // The user's tarball, read in place: its SHA-256 is the one its key names.
+    if let Some(sha) = &p.in_place {
+        return Ok(sha.clone());
+    }
     let marker = p.rootfs.with_file_name("rootfs.sha256");
     if let Ok(s) = std::fs::read_to_string(&marker) {
         return Ok(s.trim().to_string());

@@ -1,51 +1,143 @@
 //! # Producing layers: entries → deterministic tar → compressor → blob, in one streaming pass
 //!
 //! A layer whose key has a record in the cache, and whose cached blob still has its digest, is
-//! not rebuilt. Others are written as tar →
-//! diff_id hash → compressor → blob hash → `cache/blobs`, and their facts recorded under the key.
+//! not rebuilt. Others are written as tar → diff_id hash ∥ compressor → blob hash →
+//! `cache/blobs`, every stage at once ([`pipeline`]), and their facts recorded under the key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context, Result, bail};
 
 use crate::cache::Cache;
-use crate::layer::compress::Compression;
-use crate::layer::{self, Entry};
+use crate::layer::compress::{self, Compression};
+use crate::layer::{self, Entry, pipeline};
 use crate::oci::record::LayerFacts;
 use crate::oci::store::{ANNOTATION_IMAGE_NAME, BlobWriter, Store};
 use crate::source::base::{self, BaseInfo};
-use crate::source::render;
 use crate::support::failpoint;
-use crate::support::hash::{CountingReader, Tee};
-use crate::support::progress::{Progress, Task};
+use crate::support::hash::CountingReader;
+use crate::support::progress::Progress;
 use crate::support::units::human;
 use oci_spec::image::ANNOTATION_REF_NAME;
 
 use super::plan::{Plan, Producer};
 
-/// Builds one layer (or finds it in the cache); returns its facts, its blob and whether it was
-/// built.
-pub(crate) fn ensure_layer(
+/// Layers built at once (each also compresses on several threads).
+const BUILDERS: usize = 2;
+
+/// A layer's facts, its blob, and whether this build built it.
+pub(crate) type Ensured = (LayerFacts, PathBuf, bool);
+
+/// Every layer of `needed`, built or found in the cache, in `needed`'s order.
+///
+/// The layers not in the cache are built [`BUILDERS`] at a time, each on whichever builder is
+/// free. One builder at a time gathers its layer's inputs ([`Builders::inputs`]), so mmdebstrap
+/// never runs twice at once (the JDK and disk layers share its cache directories) and downloads
+/// come one after the other, as in a sequential build; the writing of layers (tar, hashes,
+/// compression) overlaps. After a failure no other layer is started, and the error of the first
+/// failed layer in `needed`'s order is returned.
+pub(crate) fn ensure_layers(
+    plan: &Plan,
+    needed: &[usize],
+    cache: &Cache,
+    progress: &Progress,
+) -> Result<Vec<Ensured>> {
+    let mut found: Vec<Option<Ensured>> = vec![None; needed.len()];
+    let mut todo = Vec::new();
+    for (pos, &idx) in needed.iter().enumerate() {
+        let pl = &plan.layers[idx];
+        if let Producer::Imported(rec, blob) = &pl.producer {
+            found[pos] = Some((rec.clone(), blob.clone(), false));
+        } else if let Some((rec, blob)) = cached_layer(cache, &pl.key, &pl.name, progress)? {
+            found[pos] = Some((rec, blob, false));
+        } else {
+            todo.push(pos);
+        }
+    }
+    let b = Builders {
+        inputs: Mutex::new(()),
+        failed: AtomicBool::new(false),
+        next: AtomicUsize::new(0),
+    };
+    let made: Mutex<Vec<Option<Result<Built>>>> =
+        Mutex::new((0..needed.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..BUILDERS.min(todo.len()) {
+            s.spawn(|| {
+                while let Some(&pos) = todo.get(b.next.fetch_add(1, Ordering::SeqCst)) {
+                    let r = build_layer(plan, needed[pos], cache, progress, &b);
+                    let r = match r {
+                        Ok(None) => return,
+                        Ok(Some(built)) => Ok(built),
+                        Err(e) => {
+                            b.failed.store(true, Ordering::SeqCst);
+                            Err(e)
+                        }
+                    };
+                    made.lock().expect("no builder panicked")[pos] = Some(r);
+                }
+            });
+        }
+    });
+    let made = made.into_inner().expect("no builder panicked");
+    for (slot, r) in found.iter_mut().zip(made) {
+        match r {
+            Some(Ok((rec, blob))) => *slot = Some((rec, blob, true)),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    found
+        .into_iter()
+        .map(|f| f.context("internal: a layer was neither found nor built"))
+        .collect()
+}
+
+/// What the builders of [`ensure_layers`] share.
+struct Builders {
+    /// Held while a layer's inputs are gathered (mmdebstrap, downloads, tarballs read).
+    inputs: Mutex<()>,
+    /// A layer failed: no other starts.
+    failed: AtomicBool,
+    /// The next layer to take.
+    next: AtomicUsize,
+}
+
+/// A layer's facts and its blob.
+type Built = (LayerFacts, PathBuf);
+
+/// Builds one layer into the cache; `None` when it was not started because another one failed.
+fn build_layer(
     plan: &Plan,
     idx: usize,
     cache: &Cache,
     progress: &Progress,
-) -> Result<(LayerFacts, PathBuf, bool)> {
+    b: &Builders,
+) -> Result<Option<Built>> {
     let pl = &plan.layers[idx];
-    if let Producer::Imported(rec, blob) = &pl.producer {
-        return Ok((rec.clone(), blob.clone(), false));
-    }
-    if let Some((rec, blob)) = cached_layer(cache, &pl.key, &pl.name, progress)? {
-        return Ok((rec, blob, false));
-    }
     let rec_path = cache.layer_record_path(&pl.key);
-    let (entries, packages) = entries_of(plan, &pl.producer, cache, progress)?;
+    let (entries, packages) = {
+        let _turn = b.inputs.lock().unwrap_or_else(PoisonError::into_inner);
+        if b.failed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        // Marked failed before the next builder takes its turn.
+        entries_of(plan, &pl.producer, cache, progress)
+            .inspect_err(|_| b.failed.store(true, Ordering::SeqCst))?
+    };
     let entries = layer::normalize(entries)?;
     let rec = write_layer(plan, &pl.name, &entries, packages, cache, progress)?;
+    if plan.needs_rootfs(idx)
+        && let Some(p) = &plan.base
+    {
+        p.check_unchanged(cache)?;
+    }
     cache.write_json(&rec_path, &rec)?;
     let path = cache.blob_dir().join(rec.digest.digest());
-    Ok((rec, path, true))
+    Ok(Some((rec, path)))
 }
 
 /// The layer the cache holds under `key`, if its record is there and its blob intact. Checked at
@@ -88,7 +180,7 @@ fn entries_of(
         Producer::Rootfs => {
             let p = plan.base.as_ref().context("the base was not prepared")?;
             (
-                base::read_rootfs(&p.rootfs, epoch).with_context(|| {
+                p.rootfs_entries(epoch).with_context(|| {
                     format!("reading the root filesystem {}", p.rootfs.display())
                 })?,
                 p.info.packages.clone(),
@@ -140,22 +232,21 @@ fn write_layer(
     progress: &Progress,
 ) -> Result<LayerFacts> {
     let recipe = plan.recipe;
-    let private_key = render::carries_private_key(entries);
     let total: u64 = entries.iter().map(|e| e.size()).sum();
     let task = progress.task(format!("layer {name}"), Some(total));
     let mut blob = BlobWriter::new(&cache.blob_dir())?;
-    let (diff_id, uncompressed, stats) = {
-        let mut comp = recipe.compression.writer(&mut blob)?;
-        let mut tee = Tee::new(Counting {
-            inner: &mut *comp,
-            task: &task,
-        });
-        let stats = layer::write_tar(entries, recipe.epoch, &mut tee)?;
-        failpoint::hit("layer-write");
-        let (d, n) = (tee.digest(), tee.size);
-        comp.finish()?;
-        (d, n, stats)
-    };
+    let packed = pipeline::pack(
+        recipe.compression,
+        compress::worker_count(),
+        &mut blob,
+        &|n| task.inc(n),
+        |out| {
+            let stats = layer::write_tar(entries, recipe.epoch, out)?;
+            failpoint::hit("layer-write");
+            Ok(stats)
+        },
+    )?;
+    let (diff_id, uncompressed, stats) = (packed.diff_id, packed.uncompressed, packed.made);
     let info = blob.commit()?;
     cache.remember(
         &cache.blob_dir().join(info.digest.digest()),
@@ -176,25 +267,8 @@ fn write_layer(
         entries: stats.entries,
         file_bytes: stats.file_bytes,
         packages,
-        private_key,
+        private_key: stats.private_key,
     })
-}
-
-/// Counts bytes into a progress task.
-struct Counting<'a, W: std::io::Write + ?Sized> {
-    inner: &'a mut W,
-    task: &'a Task,
-}
-
-impl<W: std::io::Write + ?Sized> std::io::Write for Counting<'_, W> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(b)?;
-        self.task.inc(n as u64);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Reads the layers of an OCI image layout used as a base.

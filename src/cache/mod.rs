@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! $STRATA_CACHE/                  default: $XDG_CACHE_HOME/strata, ~/.cache/strata
-//! ├── base/<key>/rootfs.tar       a base root filesystem, keyed by its inputs (mmdebstrap args…)
+//! ├── base/<key>/rootfs.tar       a base root filesystem, keyed by its inputs (mmdebstrap args…,
+//! │                               a tarball's SHA-256); an uncompressed tarball base is not
+//! │                               copied here but read in place, its key checked by `filehash`
 //! ├── base/<key>/info.json        its package list and account files
 //! ├── base/<key>/known.json       a base's facts learnt from a remote cache (its rootfs identity,
 //! │                               packages, accounts), for planning without its rootfs
@@ -160,6 +162,12 @@ impl Cache {
         let (d, _) = hash_reader(std::io::BufReader::with_capacity(1 << 20, f))?;
         self.write_memo(&memo, d.digest())?;
         Ok(d.digest().to_string())
+    }
+
+    /// True if the memo knows the SHA-256 of the file at `path` as it is now (then
+    /// [`Cache::file_sha256`] is a `stat`).
+    pub fn knows(&self, path: &Path) -> bool {
+        self.access != Access::Nothing && self.memo_path(path).is_ok_and(|m| m.is_file())
     }
 
     /// Notes that the file at `path` (just written and hashed as it was written) has the SHA-256

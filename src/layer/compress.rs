@@ -9,12 +9,15 @@
 //! deflate pieces are joined into ONE gzip member with one CRC-32 over the whole input. The bytes
 //! depend only on the input (not on the number of threads), and any gzip reader reads them.
 //!
-//! zstd is single-threaded at level 3, which is already faster than parallel gzip here.
+//! zstd is written the same way: the input is cut into [`ZSTD_FRAME`]-byte chunks, each chunk
+//! is compressed into an independent zstd frame (level 3, content size and checksum in each
+//! frame) on a worker thread, and the frames are concatenated, which every zstd reader reads as
+//! one stream. Again the bytes depend only on the input (and the pinned libzstd of `Cargo.lock`).
+//!
+//! The threads, the order of the pieces and the hashes are the business of
+//! [`crate::layer::pipeline`]; this module says what each piece is.
 
-use std::io::{self, Write};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::io;
 
 use flate2::{Compress, FlushCompress};
 use oci_spec::image::MediaType;
@@ -25,6 +28,8 @@ pub const GZIP_CHUNK: usize = 1 << 20;
 pub const GZIP_LEVEL: u32 = 6;
 /// zstd level.
 pub const ZSTD_LEVEL: i32 = 3;
+/// Input bytes per independent zstd frame. Changing it changes every zstd digest.
+pub const ZSTD_FRAME: usize = 2 << 20;
 
 /// The compression of layer blobs, chosen per recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -49,15 +54,60 @@ impl Compression {
             Compression::Gzip => {
                 format!("gzip/zlib-rs/level={GZIP_LEVEL}/chunk={GZIP_CHUNK}/sync-flush")
             }
-            Compression::Zstd => format!("zstd/level={ZSTD_LEVEL}/single-thread"),
+            Compression::Zstd => {
+                format!("zstd/level={ZSTD_LEVEL}/frames={ZSTD_FRAME}/checksum")
+            }
         }
     }
 
-    /// Wraps `inner` in a compressor of this kind.
-    pub fn writer<'a, W: Write + 'a>(self, inner: W) -> io::Result<Box<dyn FinishWrite + 'a>> {
+    /// Input bytes per independently compressed piece.
+    pub fn chunk_size(self) -> usize {
+        match self {
+            Compression::Gzip => GZIP_CHUNK,
+            Compression::Zstd => ZSTD_FRAME,
+        }
+    }
+
+    /// Whether [`Compression::epilogue`] needs the CRC-32 of the whole input.
+    pub fn needs_crc(self) -> bool {
+        self == Compression::Gzip
+    }
+
+    /// The bytes before the first piece.
+    pub fn prologue(self) -> &'static [u8] {
+        match self {
+            // ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=255 (unknown): no host-dependent field.
+            Compression::Gzip => &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff],
+            Compression::Zstd => &[],
+        }
+    }
+
+    /// The bytes after the last piece, for an input of `len` bytes with CRC-32 `crc`.
+    pub fn epilogue(self, crc: u32, len: u64) -> io::Result<Vec<u8>> {
         Ok(match self {
-            Compression::Gzip => Box::new(ParallelGzip::new(inner, worker_count())),
-            Compression::Zstd => Box::new(ZstdWriter(Some(zstd::Encoder::new(inner, ZSTD_LEVEL)?))),
+            Compression::Gzip => {
+                let mut out = deflate_final(GZIP_LEVEL)?;
+                out.extend_from_slice(&crc.to_le_bytes());
+                // ISIZE is the length modulo 2^32 (RFC 1952).
+                out.extend_from_slice(&(len as u32).to_le_bytes());
+                out
+            }
+            // One empty frame, not an empty file, for an empty input: zstd readers want a frame.
+            Compression::Zstd if len == 0 => self.piece_compressor()?.compress(&[])?,
+            Compression::Zstd => vec![],
+        })
+    }
+
+    /// A compressor of pieces, one per worker thread (it keeps its context between pieces).
+    pub fn piece_compressor(self) -> io::Result<PieceCompressor> {
+        Ok(match self {
+            Compression::Gzip => PieceCompressor::Gzip,
+            Compression::Zstd => {
+                let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+                c.include_checksum(true)?;
+                c.include_contentsize(true)?;
+                PieceCompressor::Zstd(c)
+            }
         })
     }
 
@@ -88,40 +138,27 @@ impl Compression {
     }
 }
 
-/// A writer that must be told when the stream ends.
-pub trait FinishWrite: Write {
-    fn finish(self: Box<Self>) -> io::Result<()>;
+/// Compresses one chunk of input into its piece of the output (see the module docs).
+pub enum PieceCompressor {
+    Gzip,
+    Zstd(zstd::bulk::Compressor<'static>),
 }
 
-fn worker_count() -> usize {
+impl PieceCompressor {
+    pub fn compress(&mut self, chunk: &[u8]) -> io::Result<Vec<u8>> {
+        match self {
+            PieceCompressor::Gzip => deflate_chunk(chunk, GZIP_LEVEL),
+            PieceCompressor::Zstd(c) => c.compress(chunk),
+        }
+    }
+}
+
+/// The number of compression threads of one layer.
+pub fn worker_count() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8)
-}
-
-struct ZstdWriter<W: Write>(Option<zstd::Encoder<'static, W>>);
-
-impl<W: Write> Write for ZstdWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .as_mut()
-            .expect("zstd writer used after finish")
-            .write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0
-            .as_mut()
-            .expect("zstd writer used after finish")
-            .flush()
-    }
-}
-
-impl<W: Write> FinishWrite for ZstdWriter<W> {
-    fn finish(mut self: Box<Self>) -> io::Result<()> {
-        let mut inner = self.0.take().expect("finish called twice").finish()?;
-        inner.flush()
-    }
 }
 
 /// Deflates one chunk on its own, ending with a sync flush (so it ends on a byte boundary and
@@ -155,220 +192,98 @@ fn deflate_final(level: u32) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-type Job = (u64, Vec<u8>);
-type Done = (u64, io::Result<Vec<u8>>);
-
-/// A gzip writer that deflates fixed-size chunks on worker threads (see the module docs).
-pub struct ParallelGzip<W: Write> {
-    inner: W,
-    buf: Vec<u8>,
-    crc: crc32fast::Hasher,
-    total: u64,
-    next_job: u64,
-    next_write: u64,
-    pending: std::collections::BTreeMap<u64, Vec<u8>>,
-    jobs: Option<SyncSender<Job>>,
-    done: Receiver<Done>,
-    workers: Vec<JoinHandle<()>>,
-    header_written: bool,
-    max_in_flight: u64,
-}
-
-impl<W: Write> ParallelGzip<W> {
-    pub fn new(inner: W, threads: usize) -> Self {
-        let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let workers = (0..threads)
-            .map(|_| {
-                let rx = Arc::clone(&job_rx);
-                let tx = done_tx.clone();
-                std::thread::spawn(move || {
-                    loop {
-                        let job = rx.lock().expect("gzip job queue poisoned").recv();
-                        let Ok((idx, data)) = job else { return };
-                        if tx.send((idx, deflate_chunk(&data, GZIP_LEVEL))).is_err() {
-                            return;
-                        }
-                    }
-                })
-            })
-            .collect();
-        ParallelGzip {
-            inner,
-            buf: Vec::with_capacity(GZIP_CHUNK),
-            crc: crc32fast::Hasher::new(),
-            total: 0,
-            next_job: 0,
-            next_write: 0,
-            pending: Default::default(),
-            jobs: Some(job_tx),
-            done: done_rx,
-            workers,
-            header_written: false,
-            max_in_flight: (threads as u64) * 3 + 1,
-        }
-    }
-
-    fn write_header(&mut self) -> io::Result<()> {
-        if !self.header_written {
-            // ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=255 (unknown): no host-dependent field.
-            self.inner
-                .write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff])?;
-            self.header_written = true;
-        }
-        Ok(())
-    }
-
-    fn submit(&mut self) -> io::Result<()> {
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(GZIP_CHUNK));
-        let idx = self.next_job;
-        self.next_job += 1;
-        self.jobs
-            .as_ref()
-            .expect("gzip writer used after finish")
-            .send((idx, data))
-            .map_err(|_| io::Error::other("gzip worker thread ended"))?;
-        // Bound the memory in flight: wait for the oldest results when too many are out.
-        while self.next_job - self.next_write > self.max_in_flight {
-            self.collect_one()?;
-        }
-        self.drain_ready()
-    }
-
-    fn collect_one(&mut self) -> io::Result<()> {
-        let (idx, res) = self
-            .done
-            .recv()
-            .map_err(|_| io::Error::other("gzip worker thread ended"))?;
-        self.pending.insert(idx, res?);
-        self.write_in_order()
-    }
-
-    fn drain_ready(&mut self) -> io::Result<()> {
-        while let Ok((idx, res)) = self.done.try_recv() {
-            self.pending.insert(idx, res?);
-        }
-        self.write_in_order()
-    }
-
-    fn write_in_order(&mut self) -> io::Result<()> {
-        self.write_header()?;
-        while let Some(data) = self.pending.remove(&self.next_write) {
-            self.inner.write_all(&data)?;
-            self.next_write += 1;
-        }
-        Ok(())
-    }
-}
-
-impl<W: Write> Write for ParallelGzip<W> {
-    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
-        let n = data.len();
-        self.crc.update(data);
-        self.total += n as u64;
-        while !data.is_empty() {
-            let room = GZIP_CHUNK - self.buf.len();
-            let take = room.min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() == GZIP_CHUNK {
-                self.submit()?;
-            }
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<W: Write> FinishWrite for ParallelGzip<W> {
-    fn finish(mut self: Box<Self>) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.submit()?;
-        }
-        while self.next_write < self.next_job {
-            self.collect_one()?;
-        }
-        self.write_header()?;
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        let fin = deflate_final(GZIP_LEVEL)?;
-        self.inner.write_all(&fin)?;
-        let crc = self.crc.clone().finalize();
-        self.inner.write_all(&crc.to_le_bytes())?;
-        self.inner.write_all(&(self.total as u32).to_le_bytes())?;
-        self.inner.flush()
-    }
-}
-
-impl<W: Write> Drop for ParallelGzip<W> {
-    fn drop(&mut self) {
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Read;
 
-    fn gzip(data: &[u8], threads: usize) -> Vec<u8> {
+    /// `data` compressed on `threads` workers, written in odd-sized pieces (to cross chunk
+    /// boundaries in the middle of writes).
+    pub(crate) fn compress(c: Compression, data: &[u8], threads: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut w = Box::new(ParallelGzip::new(&mut out, threads));
-        // Odd write sizes, to cross chunk boundaries in the middle of writes.
-        for piece in data.chunks(777_777) {
-            w.write_all(piece).unwrap();
-        }
-        w.finish().unwrap();
+        crate::layer::pipeline::pack(c, threads, &mut out, &|_| {}, |w| {
+            for piece in data.chunks(777_777) {
+                w.write_all(piece)?;
+            }
+            Ok(())
+        })
+        .unwrap();
         out
+    }
+
+    fn decompress(c: Compression, data: &[u8]) -> Vec<u8> {
+        let mut back = Vec::new();
+        Compression::reader_for(&c.media_type(), data)
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        back
+    }
+
+    /// A fixed input, several chunks long, neither constant nor random.
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i * 7919) % 251) as u8 ^ (i >> 13) as u8)
+            .collect()
     }
 
     #[test]
     fn round_trips_and_is_independent_of_threads() {
-        let mut data = Vec::new();
-        for i in 0..(3 * GZIP_CHUNK + 12345) {
-            data.push(((i * 7919) % 251) as u8 ^ (i >> 13) as u8);
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let data = sample(3 * c.chunk_size() + 12345);
+            let one = compress(c, &data, 1);
+            let four = compress(c, &data, 4);
+            assert!(
+                one == four,
+                "{c:?}: output must not depend on the thread count"
+            );
+            assert!(decompress(c, &one) == data, "{c:?}: round trip");
         }
-        let one = gzip(&data, 1);
-        let four = gzip(&data, 4);
-        assert_eq!(one, four, "output must not depend on the thread count");
-        let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&one[..])
-            .read_to_end(&mut back)
-            .unwrap();
-        assert_eq!(back, data);
     }
 
     #[test]
-    fn empty_input_is_a_valid_gzip() {
-        let out = gzip(&[], 2);
+    fn empty_input_is_a_valid_stream() {
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let out = compress(c, &[], 2);
+            assert!(decompress(c, &out).is_empty(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn gzip_is_one_member_any_reader_reads() {
+        let data = sample(2 * GZIP_CHUNK + 1);
+        let out = compress(Compression::Gzip, &data, 2);
         let mut back = Vec::new();
+        // A single-member decoder reads it all: one member.
         flate2::read::GzDecoder::new(&out[..])
             .read_to_end(&mut back)
             .unwrap();
-        assert!(back.is_empty());
+        assert!(back == data);
+    }
+
+    /// The zstd bytes are pinned: a change of libzstd, level, frame size or flags moves this
+    /// digest, and must bump [`Compression::key`].
+    #[test]
+    fn zstd_bytes_are_pinned() {
+        let data = sample(2 * ZSTD_FRAME + 4321);
+        let out = compress(Compression::Zstd, &data, 3);
+        assert_eq!(
+            crate::support::hash::sha256_of(&out).to_string(),
+            "sha256:69794c50e16a72fa1b836500b7885f47ba0fe753a66ba75b09af3a985d618aeb"
+        );
+        assert_eq!(
+            Compression::Zstd.key(),
+            format!("zstd/level=3/frames={ZSTD_FRAME}/checksum")
+        );
     }
 
     #[test]
-    fn zstd_round_trips() {
-        let data = b"hello hadoop ".repeat(10_000);
-        let mut out = Vec::new();
-        let mut w = Compression::Zstd.writer(&mut out).unwrap();
-        w.write_all(&data).unwrap();
-        w.finish().unwrap();
-        let mut back = Vec::new();
-        Compression::reader_for(&MediaType::ImageLayerZstd, &out[..])
-            .unwrap()
-            .read_to_end(&mut back)
-            .unwrap();
-        assert_eq!(back, data);
+    fn gzip_bytes_are_pinned() {
+        let data = sample(2 * GZIP_CHUNK + 4321);
+        let out = compress(Compression::Gzip, &data, 3);
+        assert_eq!(
+            crate::support::hash::sha256_of(&out).to_string(),
+            "sha256:19d952ecb7c2aef1722d313c7324d0c1ee6e743342c5c6a339cea7df45b93a79"
+        );
     }
 }

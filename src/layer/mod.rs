@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest as _, Sha256};
 
 pub mod compress;
+pub mod pipeline;
 mod read;
 mod write;
 
@@ -41,6 +42,15 @@ pub const TAR_FORMAT: &str = "strata-tar-v1";
 
 /// Prefix of an OCI whiteout file.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
+
+/// Files of this size or more are never taken for a private key (key files are small).
+pub const PRIVATE_KEY_SCAN_MAX: u64 = 64 * 1024;
+
+/// True for a file's content that looks like a PEM or OpenSSH private key.
+pub fn looks_like_private_key(data: &[u8]) -> bool {
+    (data.len() as u64) < PRIVATE_KEY_SCAN_MAX
+        && memchr::memmem::find(data, b"PRIVATE KEY-----").is_some()
+}
 
 /// Where a regular file's bytes come from.
 #[derive(Debug, Clone)]

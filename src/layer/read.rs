@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,12 +30,12 @@ pub struct TarPolicy {
 pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
     let file = Arc::new(path.to_path_buf());
     let f = File::open(path).with_context(|| format!("opening {path:?}"))?;
-    let mut ar = tar::Archive::new(io::BufReader::with_capacity(1 << 20, f));
+    let mut ar = tar::Archive::new(Skipping(io::BufReader::with_capacity(1 << 20, f)));
     let mut out = Vec::new();
     let mut symlinks: HashSet<String> = HashSet::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for item in ar
-        .entries()
+        .entries_with_seek()
         .with_context(|| format!("reading tar {path:?}"))?
     {
         let mut ent = match item {
@@ -144,6 +144,29 @@ pub fn read_tar_file(path: &Path, policy: TarPolicy) -> Result<Vec<Entry>> {
         }
     }
     Ok(out)
+}
+
+/// A buffered reader whose forward seeks stay inside its buffer when they can: the tar reader
+/// skips each member's data by seeking, which reads nothing for a big member and does not throw
+/// the buffer away for a small one.
+struct Skipping<R>(io::BufReader<R>);
+
+impl<R: Read> Read for Skipping<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read + Seek> Seek for Skipping<R> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        match pos {
+            SeekFrom::Current(n) => {
+                self.0.seek_relative(n)?;
+                self.0.stream_position()
+            }
+            _ => self.0.seek(pos),
+        }
+    }
 }
 
 /// Turns a tar member name into a layer path: strips `./` and trailing slashes; `None` for the

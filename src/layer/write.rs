@@ -1,27 +1,32 @@
 //! # The deterministic tar writer (see the module doc of [`crate::layer`])
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
-use super::{Content, Entry, Kind, check_relative};
+use super::{Content, Entry, Kind, check_relative, looks_like_private_key};
 
 /// Counts what a written tar holds.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TarStats {
     pub entries: u64,
     pub file_bytes: u64,
+    /// A regular file looks like a private key ([`looks_like_private_key`]).
+    pub private_key: bool,
 }
 
 /// Writes `entries` (already [`normalize`]d) as a deterministic tar stream.
 pub fn write_tar(entries: &[Entry], epoch: u64, out: &mut dyn Write) -> Result<TarStats> {
     let mut stats = TarStats::default();
     let mut b = tar::Builder::new(out);
+    let mut copier = Copier::default();
     for e in entries {
-        append_entry(&mut b, e, epoch).with_context(|| format!("writing {:?} to tar", e.path))?;
+        stats.private_key |= append_entry(&mut b, e, epoch, &mut copier)
+            .with_context(|| format!("writing {:?} to tar", e.path))?;
         stats.entries += 1;
         stats.file_bytes += e.size();
     }
@@ -36,8 +41,10 @@ pub fn append_entries<W: Write>(
     entries: &[Entry],
     epoch: u64,
 ) -> Result<()> {
+    let mut copier = Copier::default();
     for e in entries {
-        append_entry(b, e, epoch).with_context(|| format!("writing {:?} to tar", e.path))?;
+        append_entry(b, e, epoch, &mut copier)
+            .with_context(|| format!("writing {:?} to tar", e.path))?;
     }
     Ok(())
 }
@@ -45,7 +52,13 @@ pub fn append_entries<W: Write>(
 const USTAR_ID_MAX: u32 = 0o7777777;
 const USTAR_SIZE_MAX: u64 = 0o77777777777;
 
-fn append_entry<W: Write>(b: &mut tar::Builder<W>, e: &Entry, epoch: u64) -> Result<()> {
+/// Appends one entry; returns whether it is a file that looks like a private key.
+fn append_entry<W: Write>(
+    b: &mut tar::Builder<W>,
+    e: &Entry,
+    epoch: u64,
+    copier: &mut Copier,
+) -> Result<bool> {
     check_relative(&e.path)?;
     let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
     let mut h = tar::Header::new_ustar();
@@ -109,14 +122,20 @@ fn append_entry<W: Write>(b: &mut tar::Builder<W>, e: &Entry, epoch: u64) -> Res
     h.set_cksum();
     match &e.kind {
         Kind::File(c) => {
-            // Stream the content through the builder without buffering it whole.
-            let mut reader = ContentReader::new(c)?;
-            b.append(&h, &mut reader)?;
-            reader.check_done()?;
+            // What `tar::Builder::append` writes (header, data, zeroes to a 512-byte block), with
+            // the data read in large blocks.
+            let out = b.get_mut();
+            out.write_all(h.as_bytes())?;
+            let key = copier.copy(c, out)?;
+            let pad = (512 - c.len() % 512) % 512;
+            out.write_all(&[0u8; 512][..pad as usize])?;
+            Ok(key)
         }
-        _ => b.append(&h, io::empty())?,
+        _ => {
+            b.append(&h, io::empty())?;
+            Ok(false)
+        }
     }
-    Ok(())
 }
 
 fn floor_char(s: &str, max: usize) -> usize {
@@ -133,60 +152,70 @@ fn truncated_name(name: &str) -> String {
     format!("PaxHeaders/{h}")
 }
 
-/// Reads a [`Content`] as a stream (for the tar builder).
-struct ContentReader {
-    inner: Box<dyn Read>,
-    want: u64,
-    got: u64,
-    what: String,
+/// Bytes read from a file at a time.
+const READ_BLOCK: usize = 1 << 20;
+
+/// Copies [`Content`]s into a tar stream in large reads, keeping the last file open (the
+/// contents of an input tarball are read one after the other from the same file).
+#[derive(Default)]
+struct Copier {
+    buf: Vec<u8>,
+    open: Option<(Arc<std::path::PathBuf>, File)>,
 }
 
-impl ContentReader {
-    fn new(c: &Content) -> Result<Self> {
-        let (inner, what): (Box<dyn Read>, String) = match c {
-            Content::Bytes(b) => (
-                Box::new(io::Cursor::new(Arc::clone(b).to_vec())),
-                "bytes".into(),
-            ),
-            Content::Range { file, offset, len } => {
-                let mut f =
-                    File::open(file.as_path()).with_context(|| format!("opening {file:?}"))?;
-                f.seek(SeekFrom::Start(*offset))?;
-                (
-                    Box::new(io::BufReader::with_capacity(256 << 10, f).take(*len)),
-                    format!("{file:?}"),
-                )
+impl Copier {
+    /// Writes exactly `c.len()` bytes of `c` to `out`, or fails naming the source; returns
+    /// whether they look like a private key. A file smaller than a read block is read whole
+    /// before it is written (so that it is looked at in one piece).
+    fn copy(&mut self, c: &Content, out: &mut dyn Write) -> Result<bool> {
+        type ReadFn<'f> = Box<dyn FnMut(&mut [u8], u64) -> io::Result<usize> + 'f>;
+        let Copier { buf, open } = self;
+        let (what, mut read): (&dyn std::fmt::Debug, ReadFn) = match c {
+            Content::Bytes(b) => {
+                out.write_all(b)?;
+                return Ok(looks_like_private_key(b));
             }
-            Content::Path { path, len } => {
-                let f = File::open(path).with_context(|| format!("opening {path:?}"))?;
-                (Box::new(f.take(*len)), format!("{path:?}"))
+            Content::Range { file, offset, .. } => {
+                if !open.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(p, file)) {
+                    let f =
+                        File::open(file.as_path()).with_context(|| format!("opening {file:?}"))?;
+                    *open = Some((Arc::clone(file), f));
+                }
+                let f = &open.as_ref().expect("opened above").1;
+                (file, Box::new(move |b, done| f.read_at(b, offset + done)))
+            }
+            Content::Path { path, .. } => {
+                let mut f = File::open(path).with_context(|| format!("opening {path:?}"))?;
+                (path, Box::new(move |b, _| f.read(b)))
             }
         };
-        Ok(ContentReader {
-            inner,
-            want: c.len(),
-            got: 0,
-            what,
-        })
-    }
-
-    fn check_done(&self) -> Result<()> {
-        if self.got != self.want {
-            crate::bad!(
-                "{} gave {} bytes, expected {}",
-                self.what,
-                self.got,
-                self.want
-            );
+        let len = c.len();
+        let buf = block(buf, len);
+        let (mut done, mut key) = (0u64, false);
+        while done < len {
+            let want = (len - done).min(buf.len() as u64) as usize;
+            let mut got = 0;
+            while got < want {
+                let n = read(&mut buf[got..want], done + got as u64)
+                    .with_context(|| format!("reading {what:?}"))?;
+                if n == 0 {
+                    crate::bad!("{what:?} gave {} bytes, expected {len}", done + got as u64);
+                }
+                got += n;
+            }
+            key |= looks_like_private_key(&buf[..got]) && got as u64 == len;
+            out.write_all(&buf[..got])?;
+            done += got as u64;
         }
-        Ok(())
+        Ok(key)
     }
 }
 
-impl Read for ContentReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.got += n as u64;
-        Ok(n)
+/// The read buffer, at least 64 KiB and at most [`READ_BLOCK`] (`want` when smaller).
+fn block(buf: &mut Vec<u8>, want: u64) -> &mut [u8] {
+    let size = want.clamp(64 << 10, READ_BLOCK as u64) as usize;
+    if buf.len() < size {
+        buf.resize(size, 0);
     }
+    &mut buf[..size]
 }

@@ -2,7 +2,8 @@
 //!
 //! The base is a Debian root filesystem made by `mmdebstrap` with `SOURCE_DATE_EPOCH` (or a
 //! rootfs tarball, or the layers of an existing OCI image). It is cached by its inputs under
-//! `cache/base/<key>/`, so it is built once; `--refresh-base` builds it again to take security
+//! `cache/base/<key>/` (an uncompressed tarball is not copied there but read where it is, named
+//! by its SHA-256), so it is built once; `--refresh-base` builds it again to take security
 //! updates. Two mmdebstrap runs are byte-identical once the few install-time artefacts are dealt
 //! with ([`normalize_rootfs`]): SSH host keys are removed (made at first boot), `machine-id` is
 //! emptied, the JVM's class-data-sharing archive (`classes.jsa`, dumped at install time, different
@@ -18,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -191,26 +193,106 @@ fn run_mmdebstrap(
     Ok(())
 }
 
-/// A prepared base: its rootfs tar in the cache and its facts.
+/// A prepared base: its rootfs tar and its facts.
 #[derive(Debug, Clone)]
 pub struct PreparedBase {
     pub key: String,
+    /// In the cache, or the user's own uncompressed tarball (see `in_place`).
     pub rootfs: PathBuf,
     pub info: BaseInfo,
+    /// The SHA-256 (hex) named by `key` when `rootfs` is the user's uncompressed tarball, read
+    /// in place rather than copied: what is read from it is checked against this afterwards
+    /// ([`PreparedBase::check_unchanged`]).
+    pub in_place: Option<String>,
+    /// Its entries, when they were read while it was prepared (for its facts): the rootfs layer
+    /// takes them instead of reading the tar again.
+    pub entries: ReadEntries,
 }
 
-/// Makes sure the base's rootfs is in the cache (building it with mmdebstrap if needed).
+/// The entries of a root filesystem, once read ([`PreparedBase::entries`]).
+#[derive(Clone, Default)]
+pub struct ReadEntries(Arc<OnceLock<Vec<Entry>>>);
+
+impl std::fmt::Debug for ReadEntries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(e) => write!(f, "ReadEntries({} entries)", e.len()),
+            None => f.write_str("ReadEntries(not read)"),
+        }
+    }
+}
+
+impl PreparedBase {
+    /// The entries of the root filesystem ([`read_rootfs`]), read once.
+    pub fn rootfs_entries(&self, epoch: u64) -> Result<Vec<Entry>> {
+        if let Some(e) = self.entries.0.get() {
+            return Ok(e.clone());
+        }
+        read_rootfs(&self.rootfs, epoch)
+    }
+
+    /// Fails if the user's tarball read in place no longer holds the bytes its key names (edited
+    /// since it was hashed): what was just read from it must not be kept under that key. A
+    /// `stat` when the file is unchanged (the cache's memo, [`Cache::file_sha256`]).
+    pub fn check_unchanged(&self, cache: &Cache) -> Result<()> {
+        let Some(want) = &self.in_place else {
+            return Ok(());
+        };
+        if cache.file_sha256(&self.rootfs)? != *want {
+            bail!(
+                "the base tarball {} changed while strata read it: build again",
+                self.rootfs.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where the root filesystem of the base under `key` is (made or not): the user's tarball itself
+/// when it is an uncompressed tar, read in place; else `cache/base/<key>/rootfs.tar`.
+pub fn rootfs_path(cache: &Cache, base: &Base, key: &str) -> Result<PathBuf> {
+    Ok(match read_in_place(base)? {
+        Some(path) => path.to_path_buf(),
+        None => cache.base_dir(key).join("rootfs.tar"),
+    })
+}
+
+/// The user's tarball, when the base is an uncompressed tarball (read in place).
+pub fn read_in_place(base: &Base) -> Result<Option<&Path>> {
+    Ok(match base {
+        Base::Tarball { path, .. } if compression_of(path)?.is_none() => Some(path),
+        _ => None,
+    })
+}
+
+/// Makes sure the base's rootfs is there (building it with mmdebstrap, or decompressing a
+/// compressed tarball into the cache, if needed). An uncompressed tarball is read in place: its
+/// identity is the SHA-256 in `key`, checked again here through the cache's memo. `read`: its
+/// entries ([`read_rootfs`]) when the caller read them already (while it hashed the tarball).
 pub fn ensure_base(
     cache: &Cache,
     base: &Base,
     key: &str,
     epoch: u64,
-    refresh: bool,
+    (refresh, read): (bool, Option<Vec<Entry>>),
     progress: &Progress,
 ) -> Result<PreparedBase> {
     let dir = cache.base_dir(key);
-    let rootfs = dir.join("rootfs.tar");
+    let rootfs = rootfs_path(cache, base, key)?;
     let info_path = dir.join("info.json");
+    let in_place = match base {
+        Base::Tarball { path, .. } if rootfs == *path => {
+            let sha = cache.file_sha256(path)?;
+            if base_key(base, epoch, Some(&sha)) != key {
+                bail!(
+                    "the base tarball {} changed while strata read it: build again",
+                    path.display()
+                );
+            }
+            Some(sha)
+        }
+        _ => None,
+    };
     if !refresh
         && rootfs.is_file()
         && let Some(info) = cache.read_json::<BaseInfo>(&info_path)
@@ -219,6 +301,8 @@ pub fn ensure_base(
             key: key.into(),
             rootfs,
             info,
+            in_place,
+            entries: ReadEntries::default(),
         });
     }
     match base {
@@ -232,11 +316,12 @@ pub fn ensure_base(
             };
             run_mmdebstrap(cache, &run, &rootfs, "base root filesystem", progress)?;
         }
+        Base::Tarball { .. } if in_place.is_some() => {}
         Base::Tarball { path, .. } => {
             crate::support::fsx::create_dir_all(&dir)?;
             let tmp = dir.join(format!(".tmp-{}.tar", std::process::id()));
             let _ = std::fs::remove_file(&tmp);
-            let res = decompress_or_link(path, &tmp);
+            let res = decompress(path, &tmp);
             if let Err(e) = res {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
@@ -245,43 +330,52 @@ pub fn ensure_base(
         }
         Base::Oci { .. } | Base::OciRegistry { .. } => bail!("an OCI base has no rootfs tarball"),
     }
-    let entries = read_rootfs(&rootfs, epoch).with_context(|| match base {
-        Base::Tarball { path, .. } => format!("reading the base tarball {}", path.display()),
-        _ => format!("reading the root filesystem {}", rootfs.display()),
-    })?;
+    let entries = match read.filter(|_| in_place.is_some()) {
+        Some(entries) => entries,
+        None => read_rootfs(&rootfs, epoch).with_context(|| match base {
+            Base::Tarball { path, .. } => format!("reading the base tarball {}", path.display()),
+            _ => format!("reading the root filesystem {}", rootfs.display()),
+        })?,
+    };
     let info = BaseInfo {
         packages: dpkg_packages(&entries)?,
         accounts: BaseAccounts::from_entries(&entries)?,
         java_homes: Some(java_homes(&entries)),
         layer_sizes: Default::default(),
     };
-    cache.write_json(&info_path, &info)?;
-    Ok(PreparedBase {
+    let prepared = PreparedBase {
         key: key.into(),
         rootfs,
         info,
+        in_place,
+        entries: ReadEntries(Arc::new(OnceLock::from(entries))),
+    };
+    prepared.check_unchanged(cache)?;
+    cache.write_json(&info_path, &prepared.info)?;
+    Ok(prepared)
+}
+
+/// The compression of a tarball, from its first bytes: gzip, zstd, or none (a plain tar).
+fn compression_of(path: &Path) -> Result<Option<crate::layer::compress::Compression>> {
+    use crate::layer::compress::Compression;
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .read(&mut magic)?;
+    Ok(match &magic[..n] {
+        [0x1f, 0x8b, ..] => Some(Compression::Gzip),
+        [0x28, 0xb5, 0x2f, 0xfd] => Some(Compression::Zstd),
+        _ => None,
     })
 }
 
-/// Puts a rootfs tarball at `dest` uncompressed (gzip and zstd are decompressed): the cache's one
-/// copy, read in place by offset.
-fn decompress_or_link(src: &Path, dest: &Path) -> Result<()> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let n = std::fs::File::open(src)
-        .with_context(|| format!("opening {}", src.display()))?
-        .read(&mut magic)?;
+/// Decompresses a gzip or zstd rootfs tarball to `dest`: the cache's one copy, read in place by
+/// offset.
+fn decompress(src: &Path, dest: &Path) -> Result<()> {
     let f = std::io::BufReader::with_capacity(1 << 20, crate::support::fsx::open(src)?);
-    let mut reader: Box<dyn Read> = match &magic[..n] {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(f)),
-        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::new(f)?),
-        _ => {
-            // A copy, not a hard link: an in-place edit of the user's file must not change what
-            // the cache holds under the old content's key.
-            std::fs::copy(src, dest).with_context(|| format!("copying {}", src.display()))?;
-            return Ok(());
-        }
-    };
+    let compression = compression_of(src)?.context("not a compressed tarball")?;
+    let mut reader = crate::layer::compress::Compression::reader_for(&compression.media_type(), f)?;
     let mut out = crate::support::fsx::create(dest)?;
     if let Err(e) = std::io::copy(&mut reader, &mut out) {
         crate::bad!(

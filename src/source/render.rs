@@ -467,15 +467,12 @@ pub fn source_root(dir: &Path) -> PathBuf {
 }
 
 /// True if any entry is a regular file whose content looks like a private key.
+/// (A layer written by [`crate::layer::write_tar`] learns the same as it is written.)
 pub fn carries_private_key(entries: &[Entry]) -> bool {
     entries.iter().any(|e| match &e.kind {
-        Kind::File(c) if c.len() < 64 * 1024 => c
+        Kind::File(c) if c.len() < crate::layer::PRIVATE_KEY_SCAN_MAX => c
             .read_all()
-            .map(|b| {
-                let s = String::from_utf8_lossy(&b);
-                s.contains("PRIVATE KEY-----")
-            })
-            .unwrap_or(false),
+            .is_ok_and(|b| crate::layer::looks_like_private_key(&b)),
         _ => false,
     })
 }

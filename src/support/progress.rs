@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -19,6 +19,9 @@ pub enum Mode {
 pub struct Progress {
     mode: Mode,
     start: Instant,
+    /// The bars on a terminal, drawn together (two layers are built at once) with the news
+    /// lines above them.
+    bars: MultiProgress,
 }
 
 impl Progress {
@@ -33,6 +36,7 @@ impl Progress {
         Progress {
             mode,
             start: Instant::now(),
+            bars: MultiProgress::new(),
         }
     }
 
@@ -40,7 +44,17 @@ impl Progress {
     pub fn say(&self, msg: impl AsRef<str>) {
         match self.mode {
             Mode::Quiet => {}
-            _ => eprintln!(
+            Mode::Bar => {
+                let line = format!(
+                    "[{:6.1}s] {}",
+                    self.start.elapsed().as_secs_f64(),
+                    msg.as_ref()
+                );
+                if self.bars.println(&line).is_err() {
+                    eprintln!("{line}");
+                }
+            }
+            Mode::Lines => eprintln!(
                 "[{:6.1}s] {}",
                 self.start.elapsed().as_secs_f64(),
                 msg.as_ref()
@@ -66,6 +80,7 @@ impl Progress {
                             .expect("valid template"),
                     ),
                 };
+                let b = self.bars.add(b);
                 b.set_message(msg.clone());
                 b.enable_steady_tick(Duration::from_millis(120));
                 Some(b)
@@ -109,6 +124,7 @@ impl Task {
         let secs = self.start.elapsed().as_secs_f64();
         if let Some(b) = &self.bar {
             b.finish_and_clear();
+            self.progress.bars.remove(b);
         }
         self.progress
             .say(format!("{}: {} ({secs:.1}s)", self.msg, outcome.as_ref()));

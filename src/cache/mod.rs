@@ -13,7 +13,7 @@
 //! ├── filehash/<stamp>            memo: the SHA-256 of a file with this (path, device, inode,
 //! │                               size, mtime, ctime); a changed file has another stamp
 //! ├── debs/<pkg>.deb(.sha256)     Debian packages every mmdebstrap run shares, with the SHA-256
-//! │                               each had when apt downloaded it ([`crate::source::debs`])
+//! │                               each had when apt downloaded it (source/debs.rs)
 //! ├── downloads/sha512/<hex>      downloads (release and JDK tarballs), verified
 //! └── tars/<sha512>.tar           the same, decompressed, read in place (never extracted)
 //! ```

@@ -44,6 +44,9 @@ pub struct Cache {
     access: Access,
     /// Holds a `--no-cache` temporary cache alive.
     _temp: Option<tempfile::TempDir>,
+    /// This process's hashes by memo stamp: a file hashed once is not hashed again, even by a
+    /// read-only cache (`plan`), which writes no memo.
+    hashed: std::sync::Mutex<std::collections::HashMap<PathBuf, String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +79,7 @@ impl Cache {
             root: dir.to_path_buf(),
             access: Access::ReadWrite,
             _temp: None,
+            hashed: Default::default(),
         })
     }
 
@@ -85,6 +89,7 @@ impl Cache {
             root: dir.to_path_buf(),
             access: Access::ReadOnly,
             _temp: None,
+            hashed: Default::default(),
         }
     }
 
@@ -94,6 +99,7 @@ impl Cache {
             root: PathBuf::from("/nonexistent/strata-no-cache"),
             access: Access::Nothing,
             _temp: None,
+            hashed: Default::default(),
         }
     }
 
@@ -151,6 +157,9 @@ impl Cache {
     /// set back). A read-only cache uses the memo but does not write one.
     pub fn file_sha256(&self, path: &Path) -> Result<String> {
         let memo = self.memo_path(path)?;
+        if let Some(s) = self.hashed.lock().expect("no hasher panicked").get(&memo) {
+            return Ok(s.clone());
+        }
         if self.access != Access::Nothing
             && let Ok(s) = std::fs::read_to_string(&memo)
             && s.len() == 64
@@ -161,7 +170,10 @@ impl Cache {
         let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let (d, _) = hash_reader(std::io::BufReader::with_capacity(1 << 20, f))?;
         self.write_memo(&memo, d.digest())?;
-        Ok(d.digest().to_string())
+        let hex = d.digest().to_string();
+        let mut hashed = self.hashed.lock().expect("no hasher panicked");
+        hashed.insert(memo, hex.clone());
+        Ok(hex)
     }
 
     /// True if the memo knows the SHA-256 of the file at `path` as it is now (then

@@ -876,12 +876,15 @@ fn plan_on_a_fresh_machine_writes_nothing_and_waits_for_the_base() {
         }),
         "{j}"
     );
-    let user_env = j["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == "user-env")
-        .unwrap();
+    let layer = |name: &str| {
+        let layers = j["layers"].as_array().unwrap();
+        layers.iter().find(|l| l["name"] == name).unwrap().clone()
+    };
+    // What only a disk needs waits for `build --disks`; the images' layers do not.
+    assert_eq!(layer("disk-packages")["only-with-disks"], true, "{j}");
+    assert_eq!(layer("vm")["only-with-disks"], true, "{j}");
+    assert!(layer("base")["only-with-disks"].is_null(), "{j}");
+    let user_env = layer("user-env");
     assert!(
         user_env["pending"].as_str().unwrap().contains("key"),
         "{user_env}"

@@ -391,6 +391,10 @@ pub struct PlanLayer {
     /// The key depends on something not built yet; the first build settles it.
     pub provisional: bool,
     pub cached: bool,
+    /// Not cached, and made only by `build --disks` (what a bootable disk adds: one more
+    /// mmdebstrap run).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub only_with_disks: bool,
     /// Why this layer cannot be made before `build` prepares its inputs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
@@ -428,6 +432,14 @@ pub fn plan(recipe: &Recipe, opts: &Options) -> Result<PlanReport> {
         })
         .collect();
     let cached = |i: usize| records[i].clone();
+    // What only a disk needs waits for `build --disks` while a disk-packages layer is not cached.
+    let disks_wait = plan
+        .disk_layers
+        .values()
+        .flatten()
+        .any(|&i| matches!(plan.layers[i].producer, Producer::Disk(_)) && records[i].is_none());
+    let disk_only: std::collections::BTreeSet<usize> =
+        plan.disk_layers.values().flatten().copied().collect();
     let mut used: HashMap<usize, Vec<String>> = HashMap::new();
     for img in &plan.images {
         for &l in &img.layers {
@@ -445,6 +457,7 @@ pub fn plan(recipe: &Recipe, opts: &Options) -> Result<PlanReport> {
                 key: l.key.clone(),
                 provisional: l.provisional,
                 cached: rec.is_some(),
+                only_with_disks: rec.is_none() && disks_wait && disk_only.contains(&i),
                 pending: match &l.producer {
                     Producer::Pending(why, _) => Some(why.clone()),
                     _ => None,

@@ -162,7 +162,7 @@ pub enum Command {
     #[command(
         after_help = "Writes nothing anywhere (no cache directory, no key, no mmdebstrap). What is \
 not known before the base is built is shown as unknown; exits 5 only for a budget that is \
-certainly broken."
+certainly broken. Layers only a bootable disk needs show `--disks` until `build --disks` makes them."
     )]
     Plan {
         #[command(flatten)]

@@ -113,7 +113,11 @@ pub fn plan(rep: &PlanReport) -> String {
         "LAYER", "STATE", "SIZE", "UNPACKED"
     );
     for l in &rep.layers {
-        let state = if l.cached { "cached" } else { "build" };
+        let state = match (l.cached, l.only_with_disks) {
+            (true, _) => "cached",
+            (false, true) => "--disks",
+            (false, false) => "build",
+        };
         let mark = if l.provisional { "*" } else { "" };
         let _ = writeln!(
             s,

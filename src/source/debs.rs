@@ -113,8 +113,8 @@ fn cached(dir: &Path) -> Result<Vec<PathBuf>> {
     for e in rd {
         let e = e.with_context(|| format!("reading {}", dir.display()))?;
         let name = e.file_name();
-        let is_deb =
-            name.to_string_lossy().ends_with(".deb") && !name.to_string_lossy().starts_with('.');
+        let name = name.to_string_lossy();
+        let is_deb = name.ends_with(".deb") && !name.starts_with('.');
         if is_deb && e.file_type().is_ok_and(|t| t.is_file()) {
             out.push(e.path());
         }
@@ -150,9 +150,9 @@ fn verified(cache: &Cache, deb: &Path, progress: &Progress) -> Result<bool> {
 mod tests {
     use super::*;
 
-    fn put(cache: &Cache, ex: &Exchange, name: &str, data: &[u8]) {
+    /// A package as mmdebstrap's sync-out hands it back.
+    fn put(ex: &Exchange, name: &str, data: &[u8]) {
         std::fs::write(ex.outbox.join(name), data).unwrap();
-        let _ = cache;
     }
 
     #[test]
@@ -161,8 +161,8 @@ mod tests {
         let cache = Cache::open(t.path()).unwrap();
         let progress = Progress::new(true);
         let ex = exchange(&cache, &progress).unwrap().unwrap();
-        put(&cache, &ex, "a_1_all.deb", b"package a");
-        put(&cache, &ex, "b_1_all.deb", b"package b");
+        put(&ex, "a_1_all.deb", b"package a");
+        put(&ex, "b_1_all.deb", b"package b");
         assert_eq!(take_back(&cache, &ex).unwrap(), 2);
         drop(ex);
         // Same-size damage to one (apt would not notice it), and a file with no recorded hash.
@@ -181,7 +181,7 @@ mod tests {
         assert!(!dir(&cache).join("b_1_all.deb").exists());
         assert!(!dir(&cache).join("c_1_all.deb").exists());
         // Nothing new comes back twice; the exchange leaves nothing behind.
-        put(&cache, &ex, "a_1_all.deb", b"package a");
+        put(&ex, "a_1_all.deb", b"package a");
         assert_eq!(take_back(&cache, &ex).unwrap(), 0);
         let (inbox, outbox) = (ex.inbox.clone(), ex.outbox.clone());
         drop(ex);
